@@ -1,0 +1,1 @@
+"""mesh_fake_ledger: compute-token ledger for a mesh network (built on sardis_ledger)."""

@@ -1,0 +1,173 @@
+"""RFC 9162 tree hash and proofs against the standard vectors, and tampering."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sardis_ledger import merkle
+
+LEAVES = [bytes.fromhex(h) for h in (
+    "", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f",
+)]
+ROOTS = [
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+    "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+    "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
+    "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+    "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
+    "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
+    "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
+    "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
+]
+INCLUSION = {
+    (0, 8): ["96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+             "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+             "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4"],
+    (5, 8): ["bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+             "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+             "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7"],
+    (6, 8): ["46f6ffadd3d06a09ff3c5860d2755c8b9819db7df44251788c7d8e3180de8eb1",
+             "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+             "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7"],
+    (1, 5): ["6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+             "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+             "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b"],
+    (2, 3): ["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"],
+    (0, 1): [],
+}
+CONSISTENCY = {
+    (1, 8): ["96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+             "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+             "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4"],
+    (2, 5): ["5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+             "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b"],
+    (4, 8): ["6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4"],
+    (6, 8): ["0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+             "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+             "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7"],
+    (6, 7): ["0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+             "b08693ec2e721597130641e8211e7eedccb4c26413963eee6c1e2ed16ffb1a5f",
+             "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7"],
+}
+
+
+def build(leaves: list[bytes]) -> tuple[merkle.Frontier, dict[tuple[int, int], bytes]]:
+    frontier = merkle.Frontier()
+    nodes: dict[tuple[int, int], bytes] = {}
+    for leaf in leaves:
+        for level, index, h in frontier.append(merkle.hash_leaf(leaf)):
+            nodes[(level, index)] = h
+    return frontier, nodes
+
+
+FRONTIER, NODES = build(LEAVES)
+
+
+def get(level: int, index: int) -> bytes:
+    return NODES[(level, index)]
+
+
+def root(n: int) -> bytes:
+    return bytes.fromhex(ROOTS[n])
+
+
+def test_hasher_vector() -> None:
+    assert merkle.hash_leaf(b"L123456").hex() == "395aa064aa4c29f7010acfe3f25db9485bbd4b91897b6ad7ad547639252b4d56"
+    assert merkle.EMPTY_ROOT == hashlib.sha256(b"").digest()
+
+
+@pytest.mark.parametrize("n", range(9))
+def test_roots(n: int) -> None:
+    assert merkle.tree_root(n, get).hex() == ROOTS[n]
+    frontier, _ = build(LEAVES[:n])
+    assert frontier.root().hex() == ROOTS[n]
+
+
+@pytest.mark.parametrize(("index", "size"), sorted(INCLUSION))
+def test_inclusion_vectors(index: int, size: int) -> None:
+    proof = merkle.inclusion_proof(index, size, get)
+    assert [p.hex() for p in proof] == INCLUSION[(index, size)]
+    assert merkle.verify_inclusion(index, size, merkle.hash_leaf(LEAVES[index]), proof, root(size))
+
+
+@pytest.mark.parametrize(("old", "new"), sorted(CONSISTENCY))
+def test_consistency_vectors(old: int, new: int) -> None:
+    proof = merkle.consistency_proof(old, new, get)
+    assert [p.hex() for p in proof] == CONSISTENCY[(old, new)]
+    assert merkle.verify_consistency(old, new, root(old), root(new), proof)
+
+
+@pytest.mark.parametrize(("index", "size"), [k for k in sorted(INCLUSION) if INCLUSION[k]])
+def test_inclusion_rejects_tampering(index: int, size: int) -> None:
+    leaf = merkle.hash_leaf(LEAVES[index])
+    proof = [bytes.fromhex(h) for h in INCLUSION[(index, size)]]
+    assert not merkle.verify_inclusion(size, size, leaf, proof, root(size))  # index >= size
+    assert not merkle.verify_inclusion(index, size, leaf, [*proof, proof[0]], root(size))  # one too long
+    assert not merkle.verify_inclusion(index, size, leaf, proof[:-1], root(size))  # one too short
+    for i in range(len(proof)):
+        for bit in (0, 7, 255):
+            bad = list(proof)
+            flipped = bytearray(bad[i])
+            flipped[bit // 8] ^= 1 << (bit % 8)
+            bad[i] = bytes(flipped)
+            assert not merkle.verify_inclusion(index, size, leaf, bad, root(size))
+    assert not merkle.verify_inclusion(index, size, merkle.hash_leaf(b"other"), proof, root(size))
+
+
+@pytest.mark.parametrize(("old", "new"), sorted(CONSISTENCY))
+def test_consistency_rejects_tampering(old: int, new: int) -> None:
+    proof = [bytes.fromhex(h) for h in CONSISTENCY[(old, new)]]
+    assert not merkle.verify_consistency(old, new, root(new), root(old), proof)  # swapped roots
+    assert not merkle.verify_consistency(old, new, root(old), root(new), proof[:-1])
+    assert not merkle.verify_consistency(old, new, root(old), root(new), [*proof, proof[0]])
+    for i in range(len(proof)):
+        bad = list(proof)
+        bad[i] = bytes([bad[i][0] ^ 1]) + bad[i][1:]
+        assert not merkle.verify_consistency(old, new, root(old), root(new), bad)
+
+
+def test_proof_alone_does_not_pin_size() -> None:
+    # Documented in merkle_vectors.md: leaf 0's path in a tree of 8 also verifies as size 7.
+    proof = merkle.inclusion_proof(0, 8, get)
+    assert merkle.verify_inclusion(0, 7, merkle.hash_leaf(LEAVES[0]), proof, root(8))
+
+
+def test_out_of_range_requests_raise() -> None:
+    with pytest.raises(merkle.ProofError):
+        merkle.inclusion_proof(8, 8, get)
+    with pytest.raises(merkle.ProofError):
+        merkle.consistency_proof(5, 3, get)
+
+
+def reference_root(leaves: list[bytes]) -> bytes:
+    """Direct recursive definition from RFC 9162, for cross-checking."""
+    if not leaves:
+        return hashlib.sha256(b"").digest()
+    if len(leaves) == 1:
+        return merkle.hash_leaf(leaves[0])
+    k = 1 << ((len(leaves) - 1).bit_length() - 1)
+    return merkle.hash_children(reference_root(leaves[:k]), reference_root(leaves[k:]))
+
+
+@given(st.lists(st.binary(max_size=8), min_size=1, max_size=70), st.data())
+def test_random_trees(leaves: list[bytes], data: st.DataObject) -> None:
+    frontier, nodes = build(leaves)
+    n = len(leaves)
+    assert frontier.root() == reference_root(leaves)
+    size = data.draw(st.integers(1, n))
+    index = data.draw(st.integers(0, size - 1))
+    getter = lambda lv, ix: nodes[(lv, ix)]  # noqa: E731
+    r = reference_root(leaves[:size])
+    assert merkle.verify_inclusion(index, size, merkle.hash_leaf(leaves[index]), merkle.inclusion_proof(index, size, getter), r)
+    old = data.draw(st.integers(0, size))
+    proof = merkle.consistency_proof(old, size, getter)
+    assert merkle.verify_consistency(old, size, reference_root(leaves[:old]), r, proof)
+    # a frontier rebuilt from stored nodes continues identically
+    resumed = merkle.Frontier(size, [nodes[c] for c in merkle.frontier_coords(size)])
+    resumed.extend(merkle.hash_leaf(x) for x in leaves[size:])
+    assert resumed.root() == frontier.root()

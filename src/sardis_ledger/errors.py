@@ -41,16 +41,23 @@ __all__ = [
     "IntegrityError",
     "LedgerError",
     "LockTimeoutError",
+    "PaymentRequiredError",
     "ProofVerificationError",
     "StorageError",
     "ValidationError",
     "error_from_json",
+    "json_amount",
 ]
+
+
+def json_amount(value: Decimal) -> int | str:
+    """Amounts in JSON: an integer when whole, else an exact decimal string (never a float)."""
+    return int(value) if value == value.to_integral_value() else format(value, "f")
 
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else str(value)
+        return json_amount(value)
     return value
 
 
@@ -117,6 +124,40 @@ def _fmt(value: Decimal) -> str:
     return str(_jsonable(value))
 
 
+class PaymentRequiredError(InsufficientBalanceError):
+    """The payer cannot pay for a job: services answer HTTP 402 with ``to_json()``.
+
+    ``PaymentRequiredError(required=..., balance=..., account_id=...)`` as in the
+    mesh seed; it is an :class:`InsufficientBalanceError`, so either catch works.
+    """
+
+    code = "payment_required"
+
+    def __init__(
+        self,
+        required: Decimal | int | str,
+        balance: Decimal | int | str,
+        account_id: str,
+        message: str | None = None,
+    ) -> None:
+        req, bal = Decimal(str(required)), Decimal(str(balance))
+        super().__init__(
+            account_id,
+            req,
+            bal,
+            message or f"payment required: {_fmt(req)} tokens, account {account_id!r} has {_fmt(bal)}",
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "error": self.code,
+            "message": self.message,
+            "required_tokens": _jsonable(self.required),
+            "current_balance": _jsonable(self.balance),
+            "account_id": self.account_id,
+        }
+
+
 class BatchNotFoundError(LedgerError):
     code = "batch_not_found"
 
@@ -167,6 +208,13 @@ def error_from_json(body: dict[str, Any]) -> LedgerError:
     details = {k: v for k, v in body.items() if k not in ("error", "message")}
     by_code = {c.code: c for c in _all_subclasses(LedgerError)}
     cls = by_code.get(code, LedgerError)
+    if issubclass(cls, PaymentRequiredError):
+        return cls(
+            details.get("required_tokens", details.get("required", 0)),
+            details.get("current_balance", details.get("balance", 0)),
+            str(details.get("account_id", "")),
+            message,
+        )
     if issubclass(cls, InsufficientBalanceError):
         err: LedgerError = cls.__new__(cls)
         LedgerError.__init__(err, message, **details)

@@ -1,0 +1,301 @@
+"""``LedgerService``: the mesh's token ledger, a thin face on the sardis engine.
+
+Accounts here are explicit (``create_account``); the engine does the rest.
+A *transfer* is one engine batch of two legs (debit payer, credit receiver),
+a *credit* is a one-leg issuance batch. Records come back as plain dicts in the
+seed's documented shape (``id``, ``timestamp``, ``from_account``,
+``to_account``, ``amount``, ``job_id``, ``note``) plus evidence fields, with
+amounts as integers when whole and exact decimal strings otherwise.
+
+Every mutation is committed to storage before the call returns ("saved on every
+mutation"), and the service is safe to share between threads; several
+processes may share one SQLite, JSON or PostgreSQL ledger.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sardis_ledger import Ledger, LedgerBatch
+from sardis_ledger.amounts import parse_amount, validate_account_id
+from sardis_ledger.errors import (
+    AccountNotFoundError,
+    InsufficientBalanceError,
+    PaymentRequiredError,
+    ValidationError,
+    json_amount,
+)
+
+__all__ = ["RESERVED_PREFIXES", "LedgerConfig", "LedgerService", "transfer_record"]
+
+RESERVED_PREFIXES = ("hold:", "sys:")
+"""Account id prefixes the service uses internally; users cannot create them."""
+
+
+def _default_path() -> Path:
+    return Path(os.environ.get("LEDGER_PATH", "ledger.json"))
+
+
+@dataclass
+class LedgerConfig:
+    """Where the ledger lives and how the service behaves.
+
+    ``database_url`` (or the ``LEDGER_DATABASE_URL`` environment variable) wins over
+    ``ledger_path`` (or ``LEDGER_PATH``, default ``ledger.json``): a ``.json`` path
+    keeps the seed's inspectable JSON file; ``sqlite:///…`` or ``postgresql://…``
+    scale past it with the same API.
+    """
+
+    ledger_path: Path = field(default_factory=_default_path)
+    default_provider_account: str = "provider"
+    auto_create_accounts: bool = False
+    database_url: str | None = field(default_factory=lambda: os.environ.get("LEDGER_DATABASE_URL") or None)
+
+    @property
+    def url(self) -> str:
+        return self.database_url or str(self.ledger_path)
+
+
+def transfer_record(batch: LedgerBatch) -> dict[str, Any]:
+    """The seed's transfer shape for an engine batch, plus evidence."""
+    debit = next((e for e in batch.entries if e.entry_type.value == "debit"), None)
+    credit = next((e for e in batch.entries if e.entry_type.value == "credit"), None)
+    first = batch.entries[0] if batch.entries else None
+    meta = dict(first.metadata) if first else {}
+    amount = first.amount if first else Decimal(0)
+    return {
+        "id": batch.batch_id,
+        "timestamp": batch.created_at.isoformat().replace("+00:00", "Z"),
+        "from_account": debit.account_id if debit else None,
+        "to_account": credit.account_id if credit else None,
+        "amount": json_amount(amount),
+        "job_id": first.reference if first else None,
+        "note": meta.get("note"),
+        "kind": meta.get("kind", "transfer" if debit and credit else "credit" if credit else "debit"),
+        "reverses": batch.reverses,
+        "sequence": first.sequence if first else None,
+        "merkle_root": batch.merkle_root,
+    }
+
+
+def _note(note: object) -> dict[str, Any]:
+    if note is None:
+        return {}
+    if not isinstance(note, str) or len(note) > 256 or any(ord(c) < 32 for c in note):
+        raise ValidationError("note must be a string of at most 256 printable characters", field="note")
+    return {"note": note}
+
+
+class LedgerService:
+    """High-level, thread-safe token ledger. ``LedgerService()`` uses ``ledger.json``
+    in the working directory (or ``LEDGER_PATH`` / ``LEDGER_DATABASE_URL``)."""
+
+    def __init__(self, config: LedgerConfig | None = None, *, ledger: Ledger | None = None) -> None:
+        self.config = config or LedgerConfig()
+        self.ledger = ledger if ledger is not None else Ledger(self.config.url)
+
+    def close(self) -> None:
+        self.ledger.close()
+
+    # ---------------------------------------------------------------- accounts
+
+    @staticmethod
+    def _user_account(account_id: object, field_name: str = "account_id") -> str:
+        validate_account_id(account_id, field=field_name)
+        assert isinstance(account_id, str)
+        if account_id.startswith(RESERVED_PREFIXES):
+            raise ValidationError(f"account ids starting with {RESERVED_PREFIXES} are reserved", field=field_name)
+        return account_id
+
+    def _account_dict(self, account_id: str) -> dict[str, Any]:
+        acct = self.ledger.get_account(account_id)
+        return {
+            "id": acct.account_id,
+            "balance": json_amount(acct.balance),
+            "created_at": acct.created_at.isoformat().replace("+00:00", "Z"),
+            "meta": dict(acct.metadata),
+        }
+
+    def create_account(
+        self, account_id: str, initial_balance: Decimal | int | str = 0, meta: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Create an account; refuses an id that exists (AccountExistsError)."""
+        self._user_account(account_id)
+        initial = parse_amount(initial_balance, None, field="initial_balance", allow_zero=True)
+        self.ledger.create_account(account_id, metadata=meta)
+        if initial > 0:
+            self.ledger.create_entry(
+                account_id, initial, "credit", metadata={"kind": "initial_balance"},
+                idempotency_key=f"open:{account_id}",
+            )
+        return self._account_dict(account_id)
+
+    def create_account_if_missing(
+        self, account_id: str, initial_balance: Decimal | int | str = 0, meta: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Create the account unless it exists. The initial balance is granted once,
+        when the account is first created, however often (or concurrently) this runs."""
+        self._user_account(account_id)
+        initial = parse_amount(initial_balance, None, field="initial_balance", allow_zero=True)
+        self.ledger.create_account(account_id, metadata=meta, exist_ok=True)
+        if initial > 0:
+            # Keyed by account: a concurrent or repeated call replays instead of granting twice;
+            # a later call with a different amount does not change an existing account.
+            try:
+                self.ledger.create_entry(
+                    account_id, initial, "credit", metadata={"kind": "initial_balance"},
+                    idempotency_key=f"open:{account_id}",
+                )
+            except Exception as exc:
+                from sardis_ledger.errors import IdempotencyConflictError
+
+                if not isinstance(exc, IdempotencyConflictError):
+                    raise
+        return self._account_dict(account_id)
+
+    def get_account(self, account_id: str) -> dict[str, Any]:
+        return self._account_dict(self._user_account(account_id))
+
+    def account_exists(self, account_id: str) -> bool:
+        return self.ledger.account_exists(self._user_account(account_id))
+
+    def list_accounts(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            page = self.ledger.list_accounts(after=after, limit=1000)
+            if not page:
+                return out
+            for acct in page:
+                if not acct.account_id.startswith(RESERVED_PREFIXES):
+                    out.append({
+                        "id": acct.account_id,
+                        "balance": json_amount(acct.balance),
+                        "created_at": acct.created_at.isoformat().replace("+00:00", "Z"),
+                        "meta": dict(acct.metadata),
+                    })
+            after = page[-1].account_id
+
+    def _require_exists(self, account_id: str) -> None:
+        if not self.ledger.account_exists(account_id):
+            raise AccountNotFoundError(account_id)
+
+    def get_balance(self, account_id: str) -> Decimal:
+        self._user_account(account_id)
+        self._require_exists(account_id)
+        return self.ledger.get_balance(account_id)
+
+    def require_balance(self, account_id: str, amount: Decimal | int | str) -> bool:
+        """True when the account could pay ``amount`` now. Only a hint: another job
+        may spend first. Use a hold, or let ``charge`` refuse, for a guarantee."""
+        value = parse_amount(amount, None)
+        return self.get_balance(account_id) >= value
+
+    # ------------------------------------------------------------------ writes
+
+    def charge(
+        self,
+        payer_id: str,
+        receiver_id: str | None = None,
+        amount: Decimal | int | str = 0,
+        job_id: str | None = None,
+        note: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Move ``amount`` from payer to receiver (default: the provider account).
+
+        Raises :class:`PaymentRequiredError` (an InsufficientBalanceError) when the
+        payer cannot pay, AccountNotFoundError for unknown accounts. Idempotent by
+        ``job_id`` (or ``idempotency_key``): a retried charge returns the first
+        record; the same job with a different charge is refused (409).
+        """
+        receiver = receiver_id if receiver_id is not None else self.config.default_provider_account
+        return self.transfer(payer_id, receiver, amount, job_id=job_id, note=note, idempotency_key=idempotency_key)
+
+    def transfer(
+        self,
+        from_account: str,
+        to_account: str,
+        amount: Decimal | int | str,
+        job_id: str | None = None,
+        note: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        self._user_account(from_account, "from_account")
+        self._user_account(to_account, "to_account")
+        value = parse_amount(amount, None)
+        meta = {"kind": "transfer", **_note(note)}
+        for acct in (from_account, to_account):
+            if not self.ledger.account_exists(acct):
+                if self.config.auto_create_accounts:
+                    self.ledger.create_account(acct, exist_ok=True)
+                else:
+                    raise AccountNotFoundError(acct)
+        key = idempotency_key or (f"job:{job_id}" if job_id is not None else None)
+        try:
+            batch = self.ledger.transfer(
+                from_account, to_account, value, reference=job_id, metadata=meta, idempotency_key=key
+            )
+        except PaymentRequiredError:
+            raise
+        except InsufficientBalanceError as exc:
+            raise PaymentRequiredError(required=value, balance=exc.balance, account_id=exc.account_id) from None
+        return transfer_record(batch)
+
+    def credit(
+        self,
+        account_id: str,
+        amount: Decimal | int | str,
+        reason: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Issue new tokens to an account (an admin operation)."""
+        self._user_account(account_id)
+        value = parse_amount(amount, None)
+        if not self.ledger.account_exists(account_id):
+            if self.config.auto_create_accounts:
+                self.ledger.create_account(account_id, exist_ok=True)
+            else:
+                raise AccountNotFoundError(account_id)
+        entry = self.ledger.create_entry(
+            account_id, value, "credit", metadata={"kind": "credit", **_note(reason)},
+            idempotency_key=idempotency_key,
+        )
+        return transfer_record(self.ledger.get_batch(entry.batch_id))
+
+    # ------------------------------------------------------------------- reads
+
+    def get_transfer(self, transfer_id: str) -> dict[str, Any]:
+        return transfer_record(self.ledger.get_batch(transfer_id))
+
+    def get_transfers(self, account_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Most recent transfers first (credits and refunds included)."""
+        if account_id is not None:
+            self._user_account(account_id)
+            self._require_exists(account_id)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise ValidationError("limit must be an integer from 1 to 10000", field="limit")
+        out: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        cursor: int | None = None
+        while len(out) < limit:
+            page = self.ledger.list_entries(account_id=account_id, cursor=cursor, limit=200, descending=True)
+            for entry in page.items:
+                if entry.batch_id in seen:
+                    continue
+                seen.add(entry.batch_id)
+                out.append(self.get_transfer(entry.batch_id))
+                if len(out) >= limit:
+                    break
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        return out

@@ -23,6 +23,7 @@ from .errors import (
     LockTimeoutError,
     PaymentRequiredError,
     ProofVerificationError,
+    RetryableStorageError,
     StorageError,
     ValidationError,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "PaymentRequiredError",
     "ProofVerificationError",
     "Receipt",
+    "RetryableStorageError",
     "StorageError",
     "TreeHead",
     "ValidationError",

@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ from .errors import (
     InsufficientBalanceError,
     IntegrityError,
     ProofVerificationError,
+    RetryableStorageError,
     ValidationError,
 )
 from .models import (
@@ -494,15 +497,37 @@ class Ledger:
             raise IntegrityError("stored tree head does not match its Merkle nodes; run verify()")
         return frontier
 
+    max_attempts = 20
+
     def _post(self, requests: list[_Request]) -> list[LedgerBatch]:
+        """Run a write, retrying transient storage failures. Batch ids are fixed
+        before the first attempt, so when a commit's outcome was unknown (the
+        connection died during COMMIT) the retry finds the batch and returns it
+        instead of writing it twice."""
+        for attempt in range(self.max_attempts):
+            try:
+                return self._post_once(requests, retry=attempt > 0)
+            except RetryableStorageError:
+                if attempt == self.max_attempts - 1:
+                    raise
+                time.sleep(min(0.2, 0.002 * 2**attempt) * random.random())
+        raise AssertionError("unreachable")
+
+    def _post_once(self, requests: list[_Request], *, retry: bool) -> list[LedgerBatch]:
         with self.storage.transaction(write=True) as tx:
+            if retry and requests:
+                done = tx.get_batch(requests[0].batch_id)
+                if done is not None:
+                    return [self._batch_from_row(tx, b) for r in requests if (b := tx.get_batch(r.batch_id))]
+            # Lock order: accounts (sorted) first, the tree head last, so the serialised
+            # section that appends to the Merkle log is as short as possible.
+            ids = {leg.account_id for r in requests for leg in r.legs}
+            rows = tx.get_accounts(sorted(ids)) if ids else {}
             head = tx.head()
             frontier = self._load_frontier(tx, head)
             before = {(lv, ix): h for lv, ix, h in frontier.stack}
             created_at = max(_now_iso(), head.updated_at)
             results: list[LedgerBatch | _Request] = []
-            ids = {leg.account_id for r in requests for leg in r.legs}
-            rows = tx.get_accounts(sorted(ids)) if ids else {}
             balances: dict[str, int] = {}
             new_accounts: dict[str, AccountRow] = {}
             entries: list[EntryRow] = []

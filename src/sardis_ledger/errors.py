@@ -16,6 +16,8 @@
     ├── LockTimeoutError             an account lock was not granted in time
     ├── AuthError                    (HTTP) missing/invalid key or scope
     ├── StorageError                 the backing store failed (I/O, connection)
+    │   ├── RetryableStorageError    deadlock, serialization failure, lost connection:
+    │   │                            the engine retries these itself
     │   └── IntegrityError           stored history does not verify
     └── ProofVerificationError       a receipt, proof or signed head does not verify
 
@@ -43,6 +45,7 @@ __all__ = [
     "LockTimeoutError",
     "PaymentRequiredError",
     "ProofVerificationError",
+    "RetryableStorageError",
     "StorageError",
     "ValidationError",
     "error_from_json",
@@ -184,6 +187,13 @@ class AuthError(LedgerError):
 
 class StorageError(LedgerError):
     code = "storage_error"
+
+
+class RetryableStorageError(StorageError):
+    """Transient: the transaction was rolled back (or its commit outcome is unknown)
+    and may be retried. Raised by backends, handled inside the engine."""
+
+    code = "storage_retryable"
 
 
 class IntegrityError(StorageError):

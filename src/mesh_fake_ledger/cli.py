@@ -1,0 +1,792 @@
+"""``python -m mesh_fake_ledger`` / ``mesh-ledger``: the ledger from a shell.
+
+Every command of the seed's CLI reference (``create-account``, ``balance``,
+``transfer``, ``history``, ``list-accounts``, ``credit``) plus ``serve`` (the
+HTTP API) and ``demo`` (a narrated tour of the HTTP API against a throwaway
+ledger). People get tables; scripts pass ``--json`` and get one JSON document on
+stdout, for errors too.
+
+Where the ledger lives: ``--database-url URL`` (default ``$LEDGER_DATABASE_URL``)
+or ``--ledger PATH`` (default ``$LEDGER_PATH``, else ``ledger.json``). Both options,
+and ``--json``/``--debug``, are accepted before or after the command name.
+
+Exit codes are decided in one place, :func:`exit_code_for`, from the one error
+tree in :mod:`sardis_ledger.errors`:
+
+====  =====================================================================
+0     success
+1     refused: insufficient balance (402), unknown account, account exists,
+      idempotency conflict, hold errors, ... (the request was understood)
+2     usage or validation error: bad amount, bad id, bad option, bad URL
+3     the ledger could not do it: storage or integrity failure, lock
+      timeout, or an unexpected error (``--debug`` shows its traceback)
+====  =====================================================================
+
+A user never sees a traceback unless they pass ``--debug``.
+
+Other typer apps (the audit commands) join the top level with
+:func:`add_commands`; they can reuse :data:`LedgerOpt`, :data:`DatabaseUrlOpt`,
+:data:`JsonOpt`, :data:`DebugOpt`, :func:`options`, :func:`open_service` and
+:func:`emit`, and raise ledger errors freely: :func:`main` maps them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.json import JSON
+from rich.table import Table
+from rich.text import Text
+
+from sardis_ledger.amounts import parse_amount, validate_account_id
+from sardis_ledger.errors import (
+    LedgerError,
+    LockTimeoutError,
+    ProofVerificationError,
+    StorageError,
+    ValidationError,
+    json_amount,
+)
+
+from .ledger_service import LedgerConfig, LedgerService
+
+__all__ = [
+    "EXIT_CODES",
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_REFUSED",
+    "EXIT_USAGE",
+    "DatabaseUrlOpt",
+    "DebugOpt",
+    "JsonOpt",
+    "LedgerOpt",
+    "Options",
+    "add_commands",
+    "app",
+    "emit",
+    "exit_code_for",
+    "main",
+    "open_service",
+    "options",
+]
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_FAILURE = 3
+
+EXIT_CODES: Mapping[type[BaseException], int] = {
+    ValidationError: EXIT_USAGE,
+    StorageError: EXIT_FAILURE,  # and IntegrityError, RetryableStorageError
+    ProofVerificationError: EXIT_FAILURE,
+    LockTimeoutError: EXIT_FAILURE,  # not a verdict on the request: try again
+    typer.TyperException: EXIT_USAGE,  # typer's own usage errors (bad option, missing argument)
+    LedgerError: EXIT_REFUSED,  # every other ledger error is a refusal of a well-formed request
+}
+"""The one table from exception type to exit code; the nearest class in the MRO wins."""
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """Exit code for an exception: the first class of its MRO in :data:`EXIT_CODES`,
+    else :data:`EXIT_FAILURE` (an unexpected error is never reported as success or
+    as the caller's fault)."""
+    for cls in type(exc).__mro__:
+        code = EXIT_CODES.get(cls)
+        if code is not None:
+            return code
+    return EXIT_FAILURE
+
+
+# --------------------------------------------------------------------------- options
+
+LedgerOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ledger",
+        metavar="PATH",
+        help="Ledger file: a .json file or a .db SQLite file. Default: $LEDGER_PATH, else ledger.json.",
+        show_default=False,
+    ),
+]
+DatabaseUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        metavar="URL",
+        help="Storage URL (sqlite:///path.db, postgresql://..., memory://, path.json); wins over"
+        " $LEDGER_PATH. Default: $LEDGER_DATABASE_URL.",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document (errors too) for scripts.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the traceback of unexpected errors.")]
+
+
+@dataclass(frozen=True)
+class Options:
+    """Options shared by every command, merged from before and after the command name."""
+
+    ledger: Path | None = None
+    database_url: str | None = None
+    json: bool = False
+    debug: bool = False
+
+
+_current = Options()
+"""The options of the running command, read by :func:`main` to render its error."""
+
+
+def options(
+    ctx: typer.Context,
+    ledger: Path | None = None,
+    database_url: str | None = None,
+    json_out: bool = False,
+    debug: bool = False,
+) -> Options:
+    """The command's options over the group's: ``mesh-ledger --json balance a`` and
+    ``mesh-ledger balance a --json`` mean the same."""
+    global _current
+    root = ctx.find_root().obj
+    base = root if isinstance(root, Options) else Options()
+    _current = Options(
+        ledger=ledger if ledger is not None else base.ledger,
+        database_url=database_url if database_url is not None else base.database_url,
+        json=json_out or base.json,
+        debug=debug or base.debug,
+    )
+    return _current
+
+
+def _config(opts: Options) -> LedgerConfig:
+    if opts.database_url is not None and opts.ledger is not None:
+        raise ValidationError("give either --ledger or --database-url, not both", field="database_url")
+    if opts.database_url is not None:
+        if not opts.database_url.strip():
+            raise ValidationError("--database-url must not be empty", field="database_url")
+        return LedgerConfig(database_url=opts.database_url)
+    if opts.ledger is not None:
+        # An explicit path beats $LEDGER_DATABASE_URL: the user named this ledger.
+        return LedgerConfig(ledger_path=opts.ledger, database_url=None)
+    return LedgerConfig()
+
+
+@contextlib.contextmanager
+def open_service(opts: Options) -> Iterator[LedgerService]:
+    """The ledger the options name, closed when the command is done."""
+    service = LedgerService(_config(opts))
+    try:
+        yield service
+    finally:
+        service.close()
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _stdout() -> Console:
+    # Piped or redirected output has no terminal width; rich would assume 80 columns
+    # and fold every table, so give files and pipes room (COLUMNS still wins).
+    wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+    return Console(highlight=False, soft_wrap=False, width=wide)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return json_amount(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _dump(data: Any) -> str:
+    return json.dumps(data, default=_jsonable, ensure_ascii=False)
+
+
+def emit(opts: Options, data: Any, human: Callable[[Console], None]) -> None:
+    """``data`` as JSON with ``--json``, else ``human`` renders it for people."""
+    if opts.json:
+        sys.stdout.write(_dump(data) + "\n")
+    else:
+        human(_stdout())
+
+
+def _amount_text(value: Any) -> str:
+    return str(json_amount(value) if isinstance(value, Decimal) else value)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _check_ids(**ids: str | None) -> None:
+    """Refuse malformed ids before storage is touched, so a typo writes nothing."""
+    for name, value in ids.items():
+        if value is not None:
+            validate_account_id(value, field=name)
+
+
+def _check_amount(value: str, name: str = "amount", *, allow_zero: bool = False) -> None:
+    parse_amount(value, None, field=name, allow_zero=allow_zero)
+
+
+# --------------------------------------------------------------------------- app
+
+app = typer.Typer(
+    name="mesh-ledger",
+    help="Compute-token ledger for the mesh: accounts, balances, transfers, and an HTTP API with 402.\n\n"
+    "Exit codes: 0 success; 1 refused (insufficient balance, unknown account, account exists,"
+    " idempotency conflict); 2 usage or validation error; 3 storage failure or unexpected error.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Amount arguments may look like options ("-5"): let them reach validation, which
+# says "amount must be positive" instead of "no such option -5".
+_AMOUNT_ARGS = {"ignore_unknown_options": True}
+
+
+def _version(value: bool) -> None:
+    if value:
+        from sardis_ledger import __version__
+
+        sys.stdout.write(f"mesh-ledger {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    ledger: LedgerOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Options given before the command name apply to it (the command's own win)."""
+    global _current
+    _current = Options(ledger=ledger, database_url=database_url, json=json_out, debug=debug)
+    ctx.obj = _current
+
+
+def add_commands(other: typer.Typer) -> None:
+    """Add another typer app's commands at the top level (``mesh-ledger verify``), so
+    they share the options, the error handling and the exit codes of this CLI."""
+    app.registered_commands.extend(other.registered_commands)
+    app.registered_groups.extend(other.registered_groups)
+
+
+@app.command("create-account")
+def create_account(
+    ctx: typer.Context,
+    account_id: Annotated[str, typer.Argument(metavar="ID", help="New account id.", show_default=False)],
+    balance: Annotated[
+        str, typer.Option("--balance", metavar="N", help="Initial balance (exact decimal).")
+    ] = "0",
+    ledger: LedgerOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Create a new account, optionally with an initial balance. Refused if it exists."""
+    opts = options(ctx, ledger, database_url, json_out, debug)
+    _check_ids(account_id=account_id)
+    _check_amount(balance, "balance", allow_zero=True)
+    with open_service(opts) as service:
+        account = service.create_account(account_id, initial_balance=balance)
+    emit(
+        opts,
+        account,
+        lambda c: c.print(Text(f"Created account {account['id']} with balance {_amount_text(account['balance'])}.")),
+    )
+
+
+@app.command()
+def balance(
+    ctx: typer.Context,
+    account_id: Annotated[str, typer.Argument(metavar="ID", help="Account id.", show_default=False)],
+    ledger: LedgerOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show an account's balance."""
+    opts = options(ctx, ledger, database_url, json_out, debug)
+    _check_ids(account_id=account_id)
+    with open_service(opts) as service:
+        value = service.get_balance(account_id)
+    emit(
+        opts,
+        {"account_id": account_id, "balance": value},
+        lambda c: c.print(Text(f"{account_id}: {_amount_text(value)}")),
+    )
+
+
+def _record_line(record: Mapping[str, Any]) -> Text:
+    kind = record.get("kind") or "transfer"
+    amount = _amount_text(record["amount"])
+    if record.get("from_account") and record.get("to_account"):
+        line = f"Transferred {amount} from {record['from_account']} to {record['to_account']}"
+    elif record.get("to_account"):
+        line = f"Credited {amount} to {record['to_account']}"
+    else:
+        line = f"{kind.capitalize()} of {amount} from {record.get('from_account')}"
+    if record.get("job_id"):
+        line += f" (job {record['job_id']})"
+    if record.get("note"):
+        line += f": {record['note']}"
+    return Text(f"{line}.\nTransfer id: {record['id']}")
+
+
+@app.command(context_settings=_AMOUNT_ARGS)
+def transfer(
+    ctx: typer.Context,
+    from_account: Annotated[str, typer.Argument(metavar="FROM", help="Paying account.", show_default=False)],
+    to_account: Annotated[str, typer.Argument(metavar="TO", help="Receiving account.", show_default=False)],
+    amount: Annotated[str, typer.Argument(metavar="AMOUNT", help="Exact decimal amount.", show_default=False)],
+    job_id: Annotated[
+        str | None,
+        typer.Option("--job-id", metavar="ID", help="Job this pays for; a retry with the same id is charged once."),
+    ] = None,
+    note: Annotated[str | None, typer.Option("--note", metavar="TEXT", help="Free-text note.")] = None,
+    ledger: LedgerOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Transfer tokens between accounts. Refused (exit 1) if FROM cannot pay."""
+    opts = options(ctx, ledger, database_url, json_out, debug)
+    _check_ids(from_account=from_account, to_account=to_account)
+    _check_amount(amount)
+    with open_service(opts) as service:
+        record = service.transfer(from_account, to_account, amount, job_id=job_id, note=note)
+    emit(opts, record, lambda c: c.print(_record_line(record)))
+
+
+_SOURCE_LABELS = {"initial_balance": "(opening)", "credit": "(credit)"}
+
+
+def _history_table(records: Sequence[Mapping[str, Any]], title: str) -> Table:
+    """People's view of transfers; ``--json`` has every field (ids, sequence, root).
+
+    Columns fold, never elide: a table that hides part of an account id misleads."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("Time (UTC)", no_wrap=True)
+    table.add_column("From", overflow="fold")
+    table.add_column("To", overflow="fold")
+    table.add_column("Amount", justify="right", no_wrap=True)
+    table.add_column("Job", overflow="fold")
+    table.add_column("Note", overflow="fold")
+    dash = Text("-", style="dim")
+    for r in records:
+        source = r.get("from_account")
+        kind = str(r.get("kind") or "")
+        table.add_row(
+            Text(str(r.get("timestamp") or "")[:19].replace("T", " ")),
+            Text(str(source)) if source else Text(_SOURCE_LABELS.get(kind, f"({kind or 'issued'})"), style="dim"),
+            Text(str(r["to_account"])) if r.get("to_account") else dash,
+            Text(_amount_text(r["amount"])),
+            Text(str(r["job_id"])) if r.get("job_id") else dash,
+            Text(str(r["note"])) if r.get("note") else dash,
+        )
+    return table
+
+
+@app.command()
+def history(
+    ctx: typer.Context,
+    account: Annotated[
+        str | None, typer.Option("--account", metavar="ID", help="Only transfers touching this account.")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", metavar="N", min=1, max=10_000, help="Most recent N transfers.")
+    ] = 20,
+    ledger: LedgerOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show transfer history, most recent first (credits included)."""
+    opts = options(ctx, ledger, database_url, json_out, debug)
+    _check_ids(account=account)
+    with open_service(opts) as service:
+        records = service.get_transfers(account_id=account, limit=limit)
+
+    def human(c: Console) -> None:
+        if not records:
+            c.print(Text("No transfers yet."))
+            return
+        scope = f" of {account}" if account else ""
+        c.print(_history_table(records, f"Last {len(records)} transfers{scope}"))
+
+    emit(opts, records, human)
+
+
+@app.command("list-accounts")
+def list_accounts(
+    ctx: typer.Context,
+    ledger: LedgerOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """List all accounts with their balances."""
+    opts = options(ctx, ledger, database_url, json_out, debug)
+    with open_service(opts) as service:
+        accounts = service.list_accounts()
+
+    def human(c: Console) -> None:
+        if not accounts:
+            c.print(Text("No accounts yet."))
+            return
+        table = Table(title=f"{len(accounts)} accounts", title_justify="left")
+        table.add_column("Account", overflow="fold")
+        table.add_column("Balance", justify="right", overflow="fold")
+        table.add_column("Created (UTC)", overflow="fold")
+        for a in accounts:
+            table.add_row(
+                Text(str(a["id"])),
+                Text(_amount_text(a["balance"])),
+                Text(str(a.get("created_at") or "")[:19].replace("T", " ")),
+            )
+        c.print(table)
+
+    emit(opts, accounts, human)
+
+
+@app.command(context_settings=_AMOUNT_ARGS)
+def credit(
+    ctx: typer.Context,
+    account_id: Annotated[str, typer.Argument(metavar="ID", help="Account to credit.", show_default=False)],
+    amount: Annotated[str, typer.Argument(metavar="AMOUNT", help="Exact decimal amount.", show_default=False)],
+    reason: Annotated[str | None, typer.Option("--reason", metavar="TEXT", help="Why (kept as the note).")] = None,
+    ledger: LedgerOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Credit new tokens to an account (admin operation)."""
+    opts = options(ctx, ledger, database_url, json_out, debug)
+    _check_ids(account_id=account_id)
+    _check_amount(amount)
+    with open_service(opts) as service:
+        record = service.credit(account_id, amount, reason=reason)
+        new_balance = service.get_balance(account_id)
+    emit(
+        opts,
+        {**record, "balance": new_balance},
+        lambda c: c.print(_record_line(record).append(f"\nBalance of {account_id}: {_amount_text(new_balance)}")),
+    )
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def _api_serve() -> Callable[..., Any]:
+    """``mesh_fake_ledger.api.serve``, imported only when serving (FastAPI and
+    uvicorn cost import time every other command should not pay)."""
+    try:
+        module = importlib.import_module("mesh_fake_ledger.api")
+    except ImportError as exc:
+        raise StorageError(f"the HTTP API is not available: {exc}") from exc
+    serve_fn = getattr(module, "serve", None)
+    if not callable(serve_fn):
+        raise StorageError("the HTTP API is not available: mesh_fake_ledger.api has no serve()")
+    return serve_fn  # type: ignore[no-any-return]
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free port).")] = 8000,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=256, help="Worker processes.")] = 1,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Serve without API keys (only for a trusted network).")
+    ] = False,
+    api_keys_file: Annotated[
+        Path | None, typer.Option("--api-keys-file", metavar="PATH", help="File of API keys and their scopes.")
+    ] = None,
+    ledger: LedgerOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Serve the HTTP API (the same ledger, with 402 for payers who cannot pay)."""
+    opts = options(ctx, ledger, database_url, False, debug)
+    _config(opts)  # the same checks as every command: one of --ledger / --database-url
+    _api_serve()(
+        host,
+        port,
+        workers=workers,
+        database_url=opts.database_url,
+        ledger_path=opts.ledger,
+        insecure=insecure,
+        api_keys_file=api_keys_file,
+    )
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class _DemoStep:
+    title: str
+    method: str
+    path: str
+    body: Any
+    status: int
+    response: Any
+
+
+class _Demo:
+    """A narrated walk through the HTTP API: each request and its answer are shown."""
+
+    def __init__(self, base_url: str, opts: Options) -> None:
+        import httpx
+
+        self.client = httpx.Client(base_url=base_url, timeout=10.0)
+        self.opts = opts
+        self.console = Console(highlight=False, stderr=opts.json)
+        self.steps: list[_DemoStep] = []
+
+    def say(self, text: str) -> None:
+        if not self.opts.json:
+            self.console.print()
+            self.console.rule(Text(text, style="bold"), align="left")
+
+    def call(self, title: str, method: str, path: str, body: Any = None, *, show: bool = True) -> Any:
+        response = self.client.request(method, path, json=body)
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = response.text
+        self.steps.append(_DemoStep(title, method, path, body, response.status_code, payload))
+        if show and not self.opts.json:
+            line = Text(f"{method} {path}", style="cyan")
+            if body is not None:
+                line.append(" " + _dump(body), style="dim")
+            style = "green" if response.status_code < 300 else "yellow" if response.status_code < 500 else "red"
+            line.append(f"  → {response.status_code} {response.reason_phrase}", style=style)
+            self.console.print(line)
+            if response.status_code >= 300:
+                self.console.print(JSON(_dump(payload)))
+        return payload
+
+    def check(self, payload: Any, status: int, expected: int) -> None:
+        if status != expected:
+            raise StorageError(f"demo: expected HTTP {expected}, got {status}: {_one_line(_dump(payload))[:300]}")
+
+    def run(self) -> None:
+        run = uuid.uuid4().hex[:6]
+        self.say("1. Open accounts: a payer with 100 tokens and a provider with none")
+        for acct, initial in (("alice", 100), ("provider", 0)):
+            self.call(f"ensure {acct}", "POST", f"/accounts/{acct}/ensure", {"initial_balance": initial})
+            self.check(self.steps[-1].response, self.steps[-1].status, 200)
+
+        self.say("2. Grant alice 50 more tokens (admin credit)")
+        self.call("credit alice", "POST", "/accounts/alice/credit", {"amount": 50, "reason": "welcome grant"})
+        self.check(self.steps[-1].response, self.steps[-1].status, 200)
+
+        self.say("3. Charge alice 30 tokens for a compute job")
+        job = f"job_{run}"
+        body = {"from_account": "alice", "to_account": "provider", "amount": 30, "job_id": job}
+        self.call("charge job", "POST", "/transfers", body)
+        self.check(self.steps[-1].response, self.steps[-1].status, 200)
+        self.call("retry charge", "POST", "/transfers", body)
+        self.check(self.steps[-1].response, self.steps[-1].status, 200)
+        if not self.opts.json:
+            self.console.print(Text(f"The retry with job_id {job} returned the same transfer: charged once.", "dim"))
+
+        self.say("4. An overdraft is refused with HTTP 402 Payment Required")
+        over = {"from_account": "alice", "to_account": "provider", "amount": 1000, "job_id": f"big_{run}"}
+        self.call("overdraft", "POST", "/transfers", over)
+        self.check(self.steps[-1].response, self.steps[-1].status, 402)
+
+        self.say("5. History, most recent first")
+        records = self.call("history", "GET", "/transfers?limit=10")
+        self.check(records, self.steps[-1].status, 200)
+        if not self.opts.json:
+            self.console.print(_history_table(_items(records), "GET /transfers?limit=10"))
+
+        self.say("6. Balances")
+        accounts = self.call("accounts", "GET", "/accounts")
+        self.check(accounts, self.steps[-1].status, 200)
+        if not self.opts.json:
+            table = Table(title="GET /accounts", title_justify="left")
+            table.add_column("Account", overflow="fold")
+            table.add_column("Balance", justify="right", overflow="fold")
+            for a in _items(accounts):
+                table.add_row(Text(str(a.get("id", a.get("account_id")))), Text(_amount_text(a.get("balance"))))
+            self.console.print(table)
+
+
+def _items(payload: Any) -> list[Mapping[str, Any]]:
+    """A list from an HTTP list answer, bare or wrapped (``{"transfers": [...]}``)."""
+    if isinstance(payload, list):
+        return [p for p in payload if isinstance(p, Mapping)]
+    if isinstance(payload, Mapping):
+        for value in payload.values():
+            if isinstance(value, list):
+                return [p for p in value if isinstance(p, Mapping)]
+    return []
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
+    import httpx
+
+    for _ in range(300):  # bounded: ~30 s
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+            raise StorageError(f"the demo server exited with code {proc.returncode}: {_one_line(tail)}")
+        try:
+            if httpx.get(f"{base_url}/accounts", timeout=1.0).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise StorageError(f"the demo server did not answer at {base_url} within 30 s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    keep_serving: Annotated[
+        bool, typer.Option("--keep-serving", help="Keep the service running after the demo (Ctrl+C stops it).")
+    ] = False,
+    ledger: LedgerOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Start the HTTP service on a throwaway ledger and walk through it over HTTP.
+
+    Accounts, a credit, a charged job, a 402 refusal for an overdraft, history and
+    balances. The ledger is a fresh SQLite file in a temporary directory unless
+    --ledger or --database-url names one.
+    """
+    opts = options(ctx, ledger, database_url, json_out, debug)
+    _config(opts)
+    with tempfile.TemporaryDirectory(prefix="mesh-ledger-demo-") as tmp:
+        storage: list[str]
+        if opts.database_url is not None:
+            storage, shown = ["--database-url", opts.database_url], opts.database_url
+        elif opts.ledger is not None:
+            storage, shown = ["--ledger", str(opts.ledger)], str(opts.ledger)
+        else:
+            url = f"sqlite:///{Path(tmp) / 'demo.db'}"
+            storage, shown = ["--database-url", url], url
+        port = _free_port()
+        base_url = f"http://127.0.0.1:{port}"
+        log = Path(tmp) / "server.log"
+        cmd = [sys.executable, "-m", "mesh_fake_ledger", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        cmd += ["--insecure", *storage]
+        with log.open("wb") as log_file:
+            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy())  # noqa: S603
+        try:
+            _wait_ready(proc, base_url, log)
+            tour = _Demo(base_url, opts)
+            if not opts.json:
+                tour.console.print(Text(f"Mesh ledger demo: HTTP API at {base_url}, storage {shown}", style="bold"))
+            try:
+                tour.run()
+            finally:
+                tour.client.close()
+            if opts.json:
+                sys.stdout.write(
+                    _dump({"base_url": base_url, "storage": shown, "steps": [vars(s) for s in tour.steps]}) + "\n"
+                )
+            if keep_serving:
+                Console(stderr=True).print(Text(f"Serving at {base_url} (Ctrl+C stops it)."))
+                with contextlib.suppress(KeyboardInterrupt):
+                    proc.wait()
+        finally:
+            _stop(proc)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _report(exc: BaseException, opts: Options, prog: str) -> int:
+    """Render an error as one line on stderr (and a JSON document on stdout with
+    ``--json``) and return its exit code."""
+    code = exit_code_for(exc)
+    if isinstance(exc, LedgerError):
+        body = exc.to_json()
+        message = exc.message
+    elif isinstance(exc, typer.TyperException):
+        message = exc.format_message()
+        body = {"error": "usage_error", "message": message}
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            message += f" (try '{ctx.command_path} --help')"
+    else:
+        message = f"unexpected {type(exc).__name__}: {exc}"
+        body = {"error": "internal_error", "message": message}
+        if not opts.debug:
+            message += " (run with --debug for the traceback)"
+    if opts.debug and not isinstance(exc, typer.TyperException):
+        traceback.print_exception(exc, file=sys.stderr)
+    if opts.json:
+        sys.stdout.write(_dump(body) + "\n")
+    sys.stderr.write(f"{prog}: error: {_one_line(message)}\n")
+    return code
+
+
+def main(argv: Sequence[str] | None = None, prog_name: str = "mesh-ledger") -> int:
+    """Run the CLI and return its exit code; every exception ends here, mapped by
+    :func:`exit_code_for`, so no traceback reaches a user without ``--debug``."""
+    global _current
+    args = list(sys.argv[1:] if argv is None else argv)
+    _current = Options(json="--json" in args, debug="--debug" in args)
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=args, prog_name=prog_name, standalone_mode=False)
+    except typer.TyperException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            sys.stderr.write(exc.format_message() + "\n")
+            return EXIT_USAGE
+        return _report(exc, replace(_current, json="--json" in args), prog_name)
+    except typer.Abort:
+        sys.stderr.write(f"{prog_name}: aborted\n")
+        return 130
+    except Exception as exc:
+        return _report(exc, _current, prog_name)
+    return result if isinstance(result, int) else EXIT_OK

@@ -7,6 +7,9 @@ seed's documented shape (``id``, ``timestamp``, ``from_account``,
 ``to_account``, ``amount``, ``job_id``, ``note``) plus evidence fields, with
 amounts as integers when whole and exact decimal strings otherwise.
 
+Pay-per-job without races uses holds (two-phase transfers) and refunds, the
+methods of :class:`~mesh_fake_ledger.holds.HoldsAndRefunds` (see there).
+
 Every mutation is committed to storage before the call returns ("saved on every
 mutation"), and the service is safe to share between threads; several
 processes may share one SQLite, JSON or PostgreSQL ledger.
@@ -14,6 +17,7 @@ processes may share one SQLite, JSON or PostgreSQL ledger.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,20 +25,37 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sardis_ledger import Ledger, LedgerBatch
+from sardis_ledger import Ledger
 from sardis_ledger.amounts import parse_amount, validate_account_id
 from sardis_ledger.errors import (
     AccountNotFoundError,
+    IdempotencyConflictError,
     InsufficientBalanceError,
     PaymentRequiredError,
     ValidationError,
     json_amount,
 )
 
-__all__ = ["RESERVED_PREFIXES", "LedgerConfig", "LedgerService", "transfer_record"]
+from ._records import (
+    DEFAULT_HOLD_TIMEOUT,
+    MAX_HOLD_TIMEOUT,
+    RESERVED_PREFIXES,
+    check_job_id,
+    iso,
+    note_meta,
+    transfer_record,
+    user_key,
+)
+from .holds import HoldsAndRefunds
 
-RESERVED_PREFIXES = ("hold:", "sys:")
-"""Account id prefixes the service uses internally; users cannot create them."""
+__all__ = [
+    "DEFAULT_HOLD_TIMEOUT",
+    "MAX_HOLD_TIMEOUT",
+    "RESERVED_PREFIXES",
+    "LedgerConfig",
+    "LedgerService",
+    "transfer_record",
+]
 
 
 def _default_path() -> Path:
@@ -48,64 +69,42 @@ class LedgerConfig:
     ``database_url`` (or the ``LEDGER_DATABASE_URL`` environment variable) wins over
     ``ledger_path`` (or ``LEDGER_PATH``, default ``ledger.json``): a ``.json`` path
     keeps the seed's inspectable JSON file; ``sqlite:///…`` or ``postgresql://…``
-    scale past it with the same API.
+    scale past it with the same API. ``hold_timeout`` is the default lifetime of
+    a hold in seconds.
     """
 
     ledger_path: Path = field(default_factory=_default_path)
     default_provider_account: str = "provider"
     auto_create_accounts: bool = False
     database_url: str | None = field(default_factory=lambda: os.environ.get("LEDGER_DATABASE_URL") or None)
+    hold_timeout: float = DEFAULT_HOLD_TIMEOUT
 
     @property
     def url(self) -> str:
         return self.database_url or str(self.ledger_path)
 
 
-def transfer_record(batch: LedgerBatch) -> dict[str, Any]:
-    """The seed's transfer shape for an engine batch, plus evidence."""
-    debit = next((e for e in batch.entries if e.entry_type.value == "debit"), None)
-    credit = next((e for e in batch.entries if e.entry_type.value == "credit"), None)
-    first = batch.entries[0] if batch.entries else None
-    meta = dict(first.metadata) if first else {}
-    amount = first.amount if first else Decimal(0)
-    return {
-        "id": batch.batch_id,
-        "timestamp": batch.created_at.isoformat().replace("+00:00", "Z"),
-        "from_account": debit.account_id if debit else None,
-        "to_account": credit.account_id if credit else None,
-        "amount": json_amount(amount),
-        "job_id": first.reference if first else None,
-        "note": meta.get("note"),
-        "kind": meta.get("kind", "transfer" if debit and credit else "credit" if credit else "debit"),
-        "reverses": batch.reverses,
-        "sequence": first.sequence if first else None,
-        "merkle_root": batch.merkle_root,
-    }
-
-
-def _note(note: object) -> dict[str, Any]:
-    if note is None:
-        return {}
-    if not isinstance(note, str) or len(note) > 256 or any(ord(c) < 32 for c in note):
-        raise ValidationError("note must be a string of at most 256 printable characters", field="note")
-    return {"note": note}
-
-
-class LedgerService:
+class LedgerService(HoldsAndRefunds):
     """High-level, thread-safe token ledger. ``LedgerService()`` uses ``ledger.json``
     in the working directory (or ``LEDGER_PATH`` / ``LEDGER_DATABASE_URL``)."""
 
     def __init__(self, config: LedgerConfig | None = None, *, ledger: Ledger | None = None) -> None:
         self.config = config or LedgerConfig()
         self.ledger = ledger if ledger is not None else Ledger(self.config.url)
+        self._init_holds()
 
     def close(self) -> None:
         self.ledger.close()
 
+    def __enter__(self) -> LedgerService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # ---------------------------------------------------------------- accounts
 
-    @staticmethod
-    def _user_account(account_id: object, field_name: str = "account_id") -> str:
+    def _user_account(self, account_id: object, field_name: str = "account_id") -> str:
         validate_account_id(account_id, field=field_name)
         assert isinstance(account_id, str)
         if account_id.startswith(RESERVED_PREFIXES):
@@ -117,7 +116,7 @@ class LedgerService:
         return {
             "id": acct.account_id,
             "balance": json_amount(acct.balance),
-            "created_at": acct.created_at.isoformat().replace("+00:00", "Z"),
+            "created_at": iso(acct.created_at),
             "meta": dict(acct.metadata),
         }
 
@@ -146,19 +145,15 @@ class LedgerService:
         if initial > 0:
             # Keyed by account: a concurrent or repeated call replays instead of granting twice;
             # a later call with a different amount does not change an existing account.
-            try:
+            with contextlib.suppress(IdempotencyConflictError):
                 self.ledger.create_entry(
                     account_id, initial, "credit", metadata={"kind": "initial_balance"},
                     idempotency_key=f"open:{account_id}",
                 )
-            except Exception as exc:
-                from sardis_ledger.errors import IdempotencyConflictError
-
-                if not isinstance(exc, IdempotencyConflictError):
-                    raise
         return self._account_dict(account_id)
 
     def get_account(self, account_id: str) -> dict[str, Any]:
+        self.release_expired_holds(deep=False)
         return self._account_dict(self._user_account(account_id))
 
     def account_exists(self, account_id: str) -> bool:
@@ -176,7 +171,7 @@ class LedgerService:
                     out.append({
                         "id": acct.account_id,
                         "balance": json_amount(acct.balance),
-                        "created_at": acct.created_at.isoformat().replace("+00:00", "Z"),
+                        "created_at": iso(acct.created_at),
                         "meta": dict(acct.metadata),
                     })
             after = page[-1].account_id
@@ -185,8 +180,18 @@ class LedgerService:
         if not self.ledger.account_exists(account_id):
             raise AccountNotFoundError(account_id)
 
+    def _ensure_party(self, account_id: str) -> None:
+        if not self.ledger.account_exists(account_id):
+            if self.config.auto_create_accounts:
+                self.ledger.create_account(account_id, exist_ok=True)
+            else:
+                raise AccountNotFoundError(account_id)
+
     def get_balance(self, account_id: str) -> Decimal:
+        """The spendable balance: funds reserved by open holds are not in it, and
+        holds that have expired are released first, so it reflects expiry."""
         self._user_account(account_id)
+        self.release_expired_holds(deep=False)
         self._require_exists(account_id)
         return self.ledger.get_balance(account_id)
 
@@ -231,18 +236,15 @@ class LedgerService:
         self._user_account(from_account, "from_account")
         self._user_account(to_account, "to_account")
         value = parse_amount(amount, None)
-        meta = {"kind": "transfer", **_note(note)}
+        job = check_job_id(job_id)
+        meta = {"kind": "transfer", **note_meta(note)}
+        key = user_key(idempotency_key) or (f"job:{job}" if job is not None else None)
+        self.release_expired_holds(deep=False)
         for acct in (from_account, to_account):
-            if not self.ledger.account_exists(acct):
-                if self.config.auto_create_accounts:
-                    self.ledger.create_account(acct, exist_ok=True)
-                else:
-                    raise AccountNotFoundError(acct)
-        key = idempotency_key or (f"job:{job_id}" if job_id is not None else None)
+            self._ensure_party(acct)
         try:
-            batch = self.ledger.transfer(
-                from_account, to_account, value, reference=job_id, metadata=meta, idempotency_key=key
-            )
+            batch = self.ledger.transfer(from_account, to_account, value, reference=job, metadata=meta,
+                                         idempotency_key=key)
         except PaymentRequiredError:
             raise
         except InsufficientBalanceError as exc:
@@ -260,24 +262,19 @@ class LedgerService:
         """Issue new tokens to an account (an admin operation)."""
         self._user_account(account_id)
         value = parse_amount(amount, None)
-        if not self.ledger.account_exists(account_id):
-            if self.config.auto_create_accounts:
-                self.ledger.create_account(account_id, exist_ok=True)
-            else:
-                raise AccountNotFoundError(account_id)
-        entry = self.ledger.create_entry(
-            account_id, value, "credit", metadata={"kind": "credit", **_note(reason)},
-            idempotency_key=idempotency_key,
-        )
+        meta = {"kind": "credit", **note_meta(reason, "reason")}
+        self._ensure_party(account_id)
+        entry = self.ledger.create_entry(account_id, value, "credit", metadata=meta,
+                                         idempotency_key=user_key(idempotency_key))
         return transfer_record(self.ledger.get_batch(entry.batch_id))
 
     # ------------------------------------------------------------------- reads
 
     def get_transfer(self, transfer_id: str) -> dict[str, Any]:
-        return transfer_record(self.ledger.get_batch(transfer_id))
+        return transfer_record(self.ledger.get_batch(self._check_transfer_id(transfer_id)))
 
     def get_transfers(self, account_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """Most recent transfers first (credits and refunds included)."""
+        """Most recent transfers first (credits, holds and refunds included)."""
         if account_id is not None:
             self._user_account(account_id)
             self._require_exists(account_id)

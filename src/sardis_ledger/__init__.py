@@ -27,6 +27,23 @@ from .errors import (
     StorageError,
     ValidationError,
 )
+from .evidence import AsyncEvidence, AuditReport, Evidence
+from .hybrid import (
+    CrossCheckReport,
+    HybridConfig,
+    HybridEntry,
+    HybridLedger,
+    HybridReceipt,
+    create_hybrid_ledger,
+)
+from .immutable import (
+    AuditReceipt,
+    AuditTrail,
+    ImmutableConfig,
+    VerificationResult,
+    VerificationStatus,
+    create_audit_trail,
+)
 from .locks import LockManager
 from .models import (
     DEFAULT_ASSET,
@@ -42,6 +59,8 @@ from .models import (
     TreeHead,
     VerifyReport,
 )
+from .signing import Keyring
+from .verifier import SignedTreeHead, TreeHeadTracker, VerificationError
 
 __version__ = "0.1.0"
 
@@ -53,14 +72,26 @@ __all__ = [
     "AlreadyReversedError",
     "Asset",
     "AssetMismatchError",
+    "AsyncEvidence",
+    "AuditReceipt",
+    "AuditReport",
+    "AuditTrail",
     "AuthError",
     "BalanceSnapshot",
     "BatchNotFoundError",
+    "CrossCheckReport",
     "EntrySpec",
+    "Evidence",
     "HoldError",
+    "HybridConfig",
+    "HybridEntry",
+    "HybridLedger",
+    "HybridReceipt",
     "IdempotencyConflictError",
+    "ImmutableConfig",
     "InsufficientBalanceError",
     "IntegrityError",
+    "Keyring",
     "Ledger",
     "LedgerBatch",
     "LedgerEngine",
@@ -74,10 +105,17 @@ __all__ = [
     "ProofVerificationError",
     "Receipt",
     "RetryableStorageError",
+    "SignedTreeHead",
     "StorageError",
     "TreeHead",
+    "TreeHeadTracker",
     "ValidationError",
+    "VerificationError",
+    "VerificationResult",
+    "VerificationStatus",
     "VerifyReport",
     "__version__",
+    "create_audit_trail",
+    "create_hybrid_ledger",
     "default_database_url",
 ]

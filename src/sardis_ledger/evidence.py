@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import IntegrityError, LedgerError, ValidationError
+from .errors import BatchNotFoundError, IntegrityError, LedgerError, ValidationError
 from .models import LedgerEntry, TreeHead, VerifyReport
 from .signing import LEDGER_ORIGIN, HeadLog, Keyring, SignedTreeHead, TreeHeadSigner
 from .verifier import VerificationError, verify_signed_tree_head
@@ -122,11 +122,18 @@ class Evidence:
 
     # -- proofs ------------------------------------------------------------------
 
-    def _entries_for(self, ref: int | str) -> tuple[list[LedgerEntry], str | None]:
-        """Entries a reference names: a sequence number, a batch (transfer) id or an entry id."""
-        if isinstance(ref, str) and ref.isdigit() and len(ref) < 19:
+    def _entries_for(self, ref: int | str, kind: str) -> tuple[list[LedgerEntry], str | None]:
+        """Entries a reference names: a sequence number, a batch (transfer) id or an
+        entry id. ``kind="auto"`` reads a string of digits as a sequence number."""
+        if kind not in ("auto", "sequence", "transfer", "entry"):
+            raise ValidationError("kind must be auto, sequence, transfer or entry", field="kind")
+        if kind in ("auto", "sequence") and isinstance(ref, str) and ref.isdigit() and len(ref) < 19:
             ref = int(ref)
+        if kind == "sequence" and not isinstance(ref, int):
+            raise ValidationError("a sequence number is a positive integer", field="sequence")
         if isinstance(ref, int) and not isinstance(ref, bool):
+            if kind not in ("auto", "sequence"):
+                raise ValidationError(f"a {kind} id is a string", field=kind)
             if ref < 1:
                 raise ValidationError("sequence numbers start at 1", field="sequence")
             page = self.ledger.list_entries(since=ref, until=ref, limit=1)
@@ -135,19 +142,23 @@ class Evidence:
             return list(page.items), None
         if not isinstance(ref, str) or not ref or len(ref) > 256:
             raise ValidationError("give a sequence number, a transfer (batch) id or an entry id", field="ref")
-        page = self.ledger.list_entries(batch_id=ref, limit=10_000)
-        if page.items:
-            return list(page.items), ref
+        if kind in ("auto", "transfer"):
+            page = self.ledger.list_entries(batch_id=ref, limit=10_000)
+            if page.items:
+                return list(page.items), ref
+            if kind == "transfer":
+                raise BatchNotFoundError(f"transfer {ref!r} does not exist", batch_id=ref)
         return [self.ledger.get_entry(ref)], None
 
-    def inclusion_proof(self, ref: int | str, tree_size: int | None = None) -> dict[str, Any]:
-        """A self-contained inclusion bundle for ``ref`` in the tree of ``tree_size``
-        (default: the signed head's size). See :mod:`sardis_ledger.verifier` for the format."""
+    def inclusion_proof(self, ref: int | str, tree_size: int | None = None, *, kind: str = "auto") -> dict[str, Any]:
+        """A self-contained inclusion bundle for ``ref`` (see :meth:`_entries_for`) in the
+        tree of ``tree_size`` (default: the signed head's size). See
+        :mod:`sardis_ledger.verifier` for the format."""
         sth = self.signed_tree_head()
         size = sth.tree_size if tree_size is None else _positive_int(tree_size, "tree_size")
         if not 1 <= size <= sth.tree_size:
             raise ValidationError(f"tree size must be within 1..{sth.tree_size} (the signed head)", field="tree_size")
-        entries, transfer_id = self._entries_for(ref)
+        entries, transfer_id = self._entries_for(ref, kind)
         items = []
         root = ""
         for entry in entries:
@@ -278,8 +289,9 @@ class AsyncEvidence:
     async def signed_tree_head(self) -> SignedTreeHead:
         return await asyncio.to_thread(self.sync.signed_tree_head)
 
-    async def inclusion_proof(self, ref: int | str, tree_size: int | None = None) -> dict[str, Any]:
-        return await asyncio.to_thread(self.sync.inclusion_proof, ref, tree_size)
+    async def inclusion_proof(self, ref: int | str, tree_size: int | None = None, *,
+                              kind: str = "auto") -> dict[str, Any]:
+        return await asyncio.to_thread(self.sync.inclusion_proof, ref, tree_size, kind=kind)
 
     async def consistency_proof(self, old_size: int, new_size: int | None = None) -> dict[str, Any]:
         return await asyncio.to_thread(self.sync.consistency_proof, old_size, new_size)

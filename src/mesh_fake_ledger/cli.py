@@ -33,7 +33,6 @@ Other typer apps (the audit commands) join the top level with
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import sys
@@ -195,11 +194,12 @@ def open_service(opts: Options) -> Iterator[LedgerService]:
 # --------------------------------------------------------------------------- output
 
 
-def _stdout() -> Console:
+def _stdout(*, stderr: bool = False) -> Console:
     # Piped or redirected output has no terminal width; rich would assume 80 columns
     # and fold every table, so give files and pipes room (COLUMNS still wins).
-    wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
-    return Console(highlight=False, soft_wrap=False, width=wide)
+    stream = sys.stderr if stderr else sys.stdout
+    wide = None if stream.isatty() or os.environ.get("COLUMNS") else 160
+    return Console(highlight=False, soft_wrap=False, width=wide, stderr=stderr)
 
 
 def _jsonable(value: Any) -> Any:
@@ -498,25 +498,12 @@ def credit(
 # --------------------------------------------------------------------------- serve
 
 
-def _api_serve() -> Callable[..., Any]:
-    """``mesh_fake_ledger.api.serve``, imported only when serving (FastAPI and
-    uvicorn cost import time every other command should not pay)."""
-    try:
-        module = importlib.import_module("mesh_fake_ledger.api")
-    except ImportError as exc:
-        raise StorageError(f"the HTTP API is not available: {exc}") from exc
-    serve_fn = getattr(module, "serve", None)
-    if not callable(serve_fn):
-        raise StorageError("the HTTP API is not available: mesh_fake_ledger.api has no serve()")
-    return serve_fn  # type: ignore[no-any-return]
-
-
 @app.command()
 def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free port).")] = 8000,
-    workers: Annotated[int, typer.Option("--workers", min=1, max=256, help="Worker processes.")] = 1,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes.")] = 1,
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Serve without API keys (only for a trusted network).")
     ] = False,
@@ -530,14 +517,16 @@ def serve(
     """Serve the HTTP API (the same ledger, with 402 for payers who cannot pay)."""
     opts = options(ctx, ledger, database_url, False, debug)
     _config(opts)  # the same checks as every command: one of --ledger / --database-url
-    _api_serve()(
+    from .api import serve as serve_api  # FastAPI and uvicorn load only when serving
+
+    serve_api(
         host,
         port,
         workers=workers,
         database_url=opts.database_url,
-        ledger_path=opts.ledger,
+        ledger_path=None if opts.ledger is None else str(opts.ledger),
         insecure=insecure,
-        api_keys_file=api_keys_file,
+        api_keys_file=None if api_keys_file is None else str(api_keys_file),
     )
 
 

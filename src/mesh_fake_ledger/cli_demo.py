@@ -22,14 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.json import JSON
 from rich.table import Table
 from rich.text import Text
 
 from sardis_ledger.errors import StorageError
 
-from .cli import Options, _amount_text, _dump, _history_table, _one_line
+from .cli import Options, _amount_text, _dump, _history_table, _one_line, _stdout
 
 __all__ = ["run_demo"]
 
@@ -60,7 +59,7 @@ class _Demo:
 
         self.client = httpx.Client(base_url=base_url, timeout=10.0)
         self.opts = opts
-        self.console = Console(highlight=False, stderr=opts.json)
+        self.console = _stdout(stderr=opts.json)
         self.steps: list[_DemoStep] = []
 
     def say(self, text: str) -> None:
@@ -86,47 +85,57 @@ class _Demo:
                 self.console.print(JSON(_dump(payload)))
         return payload
 
-    def check(self, payload: Any, status: int, expected: int) -> None:
-        if status != expected:
-            raise StorageError(f"demo: expected HTTP {expected}, got {status}: {_one_line(_dump(payload))[:300]}")
+    def expect(self, expected: int | None = None) -> Any:
+        """The last answer's body, if its status is ``expected`` (default: any 2xx)."""
+        step = self.steps[-1]
+        good = step.status == expected if expected is not None else 200 <= step.status < 300
+        if not good:
+            raise StorageError(
+                f"demo: {step.method} {step.path} answered HTTP {step.status}, expected"
+                f" {expected or '2xx'}: {_one_line(_dump(step.response))[:300]}"
+            )
+        return step.response
 
     def run(self) -> None:
         run = uuid.uuid4().hex[:6]
         self.say("1. Open accounts: a payer with 100 tokens and a provider with none")
         for acct, initial in (("alice", 100), ("provider", 0)):
             self.call(f"ensure {acct}", "POST", f"/accounts/{acct}/ensure", {"initial_balance": initial})
-            self.check(self.steps[-1].response, self.steps[-1].status, 200)
+            self.expect()
 
         self.say("2. Grant alice 50 more tokens (admin credit)")
         self.call("credit alice", "POST", "/accounts/alice/credit", {"amount": 50, "reason": "welcome grant"})
-        self.check(self.steps[-1].response, self.steps[-1].status, 200)
+        self.expect()
 
         self.say("3. Charge alice 30 tokens for a compute job")
         job = f"job_{run}"
         body = {"from_account": "alice", "to_account": "provider", "amount": 30, "job_id": job}
         self.call("charge job", "POST", "/transfers", body)
-        self.check(self.steps[-1].response, self.steps[-1].status, 200)
+        self.expect()
         self.call("retry charge", "POST", "/transfers", body)
-        self.check(self.steps[-1].response, self.steps[-1].status, 200)
+        self.expect()
         if not self.opts.json:
-            self.console.print(Text(f"The retry with job_id {job} returned the same transfer: charged once.", "dim"))
+            first, retry = (self.steps[-2].response, self.steps[-1].response)
+            same = isinstance(first, Mapping) and isinstance(retry, Mapping) and first.get("id") == retry.get("id")
+            verdict = "returned the first transfer: charged once" if same else "made a second transfer!"
+            self.console.print(Text(f"The retry with job_id {job} {verdict}", style="dim" if same else "bold red"))
 
         self.say("4. An overdraft is refused with HTTP 402 Payment Required")
         over = {"from_account": "alice", "to_account": "provider", "amount": 1000, "job_id": f"big_{run}"}
         self.call("overdraft", "POST", "/transfers", over)
-        self.check(self.steps[-1].response, self.steps[-1].status, 402)
+        self.expect(402)
 
         self.say("5. History, most recent first")
-        records = self.call("history", "GET", "/transfers?limit=10")
-        self.check(records, self.steps[-1].status, 200)
+        self.call("history", "GET", "/transfers?limit=10")
+        records = self.expect()
         if not self.opts.json:
-            self.console.print(_history_table(_items(records), "GET /transfers?limit=10"))
+            self.console.print(_history_table(_items(records), "Transfers"))
 
         self.say("6. Balances")
-        accounts = self.call("accounts", "GET", "/accounts")
-        self.check(accounts, self.steps[-1].status, 200)
+        self.call("accounts", "GET", "/accounts")
+        accounts = self.expect()
         if not self.opts.json:
-            table = Table(title="GET /accounts", title_justify="left")
+            table = Table(title="Accounts", title_justify="left")
             table.add_column("Account", overflow="fold")
             table.add_column("Balance", justify="right", overflow="fold")
             for a in _items(accounts):
@@ -185,8 +194,9 @@ def run_demo(opts: Options, *, keep_serving: bool = False) -> None:
         port = _free_port()
         base_url = f"http://127.0.0.1:{port}"
         log = Path(tmp) / "server.log"
+        # Loopback only and no --insecure: without API keys the service answers local clients only.
         cmd = [sys.executable, "-m", "mesh_fake_ledger", "serve", "--host", "127.0.0.1", "--port", str(port)]
-        cmd += ["--insecure", *storage]
+        cmd += storage
         with log.open("wb") as log_file:
             proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy())  # noqa: S603
         try:
@@ -203,7 +213,7 @@ def run_demo(opts: Options, *, keep_serving: bool = False) -> None:
                     _dump({"base_url": base_url, "storage": shown, "steps": [vars(s) for s in tour.steps]}) + "\n"
                 )
             if keep_serving:
-                Console(stderr=True).print(Text(f"Serving at {base_url} (Ctrl+C stops it)."))
+                _stdout(stderr=True).print(Text(f"Serving at {base_url} (Ctrl+C stops it)."))
                 with contextlib.suppress(KeyboardInterrupt):
                     proc.wait()
         finally:

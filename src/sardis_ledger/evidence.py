@@ -25,8 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import merkle
 from .errors import BatchNotFoundError, IntegrityError, LedgerError, ValidationError
 from .models import LedgerEntry, TreeHead, VerifyReport
+from .records import leaf_bytes
 from .signing import LEDGER_ORIGIN, HeadLog, Keyring, SignedTreeHead, TreeHeadSigner
 from .verifier import VerificationError, verify_signed_tree_head
 
@@ -215,6 +217,10 @@ class Evidence:
         core = self.ledger.verify(progress)
         report = AuditReport(entries_checked=core.entries_checked, tree_size=core.tree_size, root=core.root)
         report.absorb(core)
+        if not core.ok:
+            located = self._first_bad_entry()
+            if located is not None:
+                report.first_bad_sequence = located
         # The ledger may have grown while it was read: later checks use the head as it is now.
         head = self._check_beyond_head(report)
         if head.tree_size < core.tree_size:
@@ -233,6 +239,42 @@ class Evidence:
             except IntegrityError as exc:  # the ledger moved on to something inconsistent meanwhile
                 report.fail(exc.message)
         return report
+
+    def _first_bad_entry(self, chunk: int = 20_000) -> int | None:
+        """The first entry whose own evidence is wrong: a gap in the sequence, fields
+        that no longer hash to the stored leaf, or a running balance that does not
+        follow from the entries before it. Run only after a failed audit.
+
+        Why a second look: the core audit also compares every interior Merkle node,
+        and a node above a tampered leaf mismatches too; it attributes such a node
+        to the first entry under it, so tampering entry 7 of 8 reports entry 1.
+        Interior-node problems stay in ``problems``; the entry named is this one
+        when there is one.
+        """
+        running: dict[str, int] = {}
+        expected = 0
+        with self.ledger.storage.transaction(write=False) as tx:
+            size = tx.head().size
+            scales = tx.assets()
+        for start in range(0, size, chunk):
+            end = min(start + chunk, size)
+            with self.ledger.storage.transaction(write=False) as tx:
+                rows = tx.entries_by_seq(start, end)
+                leaves = dict(tx.node_range(0, start, end - 1))
+            for row in rows:
+                if row.seq != expected:
+                    return expected + 1
+                try:
+                    leaf = merkle.hash_leaf(leaf_bytes(row, scales[row.asset]))
+                except (KeyError, UnicodeEncodeError, ValueError, TypeError):
+                    return row.seq + 1
+                prev = running.get(row.account_id, 0)
+                delta = row.amount if row.direction == "credit" else -row.amount
+                if leaves.get(row.seq) != leaf or prev + delta != row.running_balance:
+                    return row.seq + 1
+                running[row.account_id] = prev + delta
+                expected += 1
+        return expected + 1 if expected < size else None
 
     def _check_beyond_head(self, report: AuditReport) -> TreeHead:
         """Rows past the head are invisible to a walk up to the head; look for them."""

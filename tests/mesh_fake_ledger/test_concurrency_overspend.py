@@ -20,7 +20,8 @@ PROCESSES = 4
 
 _HTTP_CHARGER = r"""
 import sys, json, time, httpx
-url, payer, n, tag, start, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5]), sys.argv[6]
+url, payer, n, tag, start, mode = sys.argv[1:7]
+n, start = int(n), float(start)
 codes = {}
 with httpx.Client(base_url=url, timeout=30) as c:
     time.sleep(max(0.0, start - time.time()))

@@ -3,18 +3,25 @@
 Storage keeps integers of the asset's smallest unit so that every backend
 compares and sums exactly; the API speaks ``Decimal``. Floats are refused
 outright (invariant 5): a float has already rounded the value the caller meant.
+
+Every Decimal operation here runs in a private context with enough precision for
+any accepted amount, so a caller who lowered ``decimal.getcontext().prec`` (or set
+traps) can never make the ledger round a balance.
 """
 
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, DivisionByZero, InvalidOperation, Overflow
 
 from .errors import ValidationError
 
 __all__ = [
     "MAX_MINOR_UNITS",
+    "canonical_amount",
+    "format_minor",
     "from_minor",
+    "minor_units",
     "parse_amount",
     "to_minor",
     "validate_account_id",
@@ -25,8 +32,17 @@ MAX_MINOR_UNITS = 10**18
 """Largest amount or balance magnitude in minor units; fits a signed 64-bit integer
 with room to add two of them, so no backend ever overflows."""
 
+MAX_DIGITS = 60
+"""Significant digits an accepted amount may carry (before trailing zeros are dropped)."""
+
+_CTX = Context(prec=MAX_DIGITS + 40, traps=[InvalidOperation, Overflow, DivisionByZero])
 _ACCOUNT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 _ASSET = re.compile(r"[A-Z][A-Z0-9_]{0,15}")
+_POW10 = [10**i for i in range(19)]
+
+
+def _refuse(field: str, message: str, **details: object) -> ValidationError:
+    return ValidationError(f"{field} {message}", field=field, **details)
 
 
 def parse_amount(
@@ -35,55 +51,98 @@ def parse_amount(
     """A finite, positive amount with at most ``scale`` decimals, or ValidationError.
 
     ``scale=None`` checks everything but the decimal places (the caller does not
-    know the asset yet and checks them later)."""
-    if isinstance(value, bool) or isinstance(value, float):
-        raise ValidationError(
-            f"{field} must be a Decimal, an integer or a decimal string, not {type(value).__name__}"
-            " (floats cannot represent money exactly)",
-            field=field,
-        )
-    if isinstance(value, int):
+    know the asset yet and checks them later with :func:`minor_units`)."""
+    if type(value) is int:  # the common case first; bool is a subclass of int, refused below
+        if value <= 0 and not (allow_zero and value == 0):
+            raise _refuse(field, f"must be positive, got {value}")
+        if value > MAX_MINOR_UNITS:
+            raise _refuse(field, f"{value} is out of range")
         amount = Decimal(value)
-    elif isinstance(value, Decimal):
-        amount = value
-    elif isinstance(value, str):
-        text = value.strip()
-        if not text or len(text) > 64:
-            raise ValidationError(f"{field} {value[:40]!r} is not a decimal number", field=field)
-        try:
-            amount = Decimal(text)
-        except InvalidOperation:
-            raise ValidationError(f"{field} {value[:40]!r} is not a decimal number", field=field) from None
     else:
-        raise ValidationError(f"{field} must be a Decimal, an integer or a decimal string", field=field)
-    if not amount.is_finite():
-        raise ValidationError(f"{field} must be finite, got {amount}", field=field)
-    if amount < 0 or (amount == 0 and not allow_zero):
-        raise ValidationError(f"{field} must be positive, got {amount}", field=field)
-    if amount.adjusted() > 18 or (amount != 0 and amount.adjusted() < -40):
-        raise ValidationError(f"{field} {amount} is out of range", field=field)
-    if scale is None:
-        return amount
-    exponent = amount.as_tuple().exponent
-    assert isinstance(exponent, int)
-    if exponent < -scale and amount != amount.quantize(Decimal(1).scaleb(-scale)):
-        raise ValidationError(
-            f"{field} {amount} has more than {scale} decimal places", field=field, scale=scale
-        )
-    if to_minor(amount, scale) > MAX_MINOR_UNITS:
-        raise ValidationError(f"{field} {amount} is too large", field=field)
+        amount = _to_decimal(value, field)
+        if not amount.is_finite():
+            raise _refuse(field, f"must be finite, got {amount}")
+        if amount < 0 or (amount == 0 and not allow_zero):
+            raise _refuse(field, f"must be positive, got {amount}")
+        if amount != 0 and not -40 <= amount.adjusted() <= 18:
+            raise _refuse(field, f"{amount} is out of range")
+        if len(amount.as_tuple().digits) > MAX_DIGITS:
+            raise _refuse(field, f"has more than {MAX_DIGITS} digits")
+    if scale is not None:
+        minor_units(amount, scale, field)
     return amount
 
 
+def _to_decimal(value: object, field: str) -> Decimal:
+    if isinstance(value, (bool, float)):
+        raise _refuse(
+            field,
+            f"must be a Decimal, an integer or a decimal string, not {type(value).__name__}"
+            " (floats cannot represent money exactly)",
+        )
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text and len(text) <= 64:
+            try:
+                return Decimal(text)
+            except InvalidOperation:
+                pass
+        raise _refuse(field, f"{value[:40]!r} is not a decimal number")
+    raise _refuse(field, "must be a Decimal, an integer or a decimal string")
+
+
+def minor_units(amount: Decimal, scale: int, field: str = "amount") -> int:
+    """``amount`` in minor units of an asset with ``scale`` decimals, exactly, or
+    ValidationError if it has more decimals than the asset or is too large."""
+    scaled = amount.scaleb(scale, _CTX)
+    units = int(scaled)
+    if units != scaled:
+        raise ValidationError(
+            f"{field} {amount} has more than {scale} decimal places", field=field, scale=scale
+        )
+    if units > MAX_MINOR_UNITS:
+        raise _refuse(field, f"{amount} is too large")
+    return units
+
+
 def to_minor(amount: Decimal, scale: int) -> int:
-    return int(amount.scaleb(scale))
+    """Minor units of an amount already known to fit the scale (truncates otherwise)."""
+    return int(amount.scaleb(scale, _CTX))
 
 
 def from_minor(units: int, scale: int) -> Decimal:
-    value = Decimal(units).scaleb(-scale)
-    if units % (10**scale) == 0:
-        return value.quantize(Decimal(1))
-    return value.normalize()
+    """The Decimal a caller sees: whole amounts without a fraction, others without
+    trailing zeros (``100``, ``100.5``), whatever the current decimal context."""
+    if scale == 0:
+        return Decimal(units)
+    whole, frac = divmod(units, _POW10[scale])
+    if frac == 0:
+        return Decimal(whole)
+    return Decimal(units).scaleb(-scale, _CTX).normalize(_CTX)
+
+
+def format_minor(units: int, scale: int) -> str:
+    """Plain decimal text of a minor-unit amount, never in exponent notation:
+    ``format(from_minor(units, scale), "f")``, computed with integers because it
+    sits on the write path (every entry's leaf has two of them)."""
+    if scale == 0:
+        return str(units)
+    sign = ""
+    if units < 0:
+        sign, units = "-", -units
+    whole, frac = divmod(units, _POW10[scale])
+    if frac == 0:
+        return f"{sign}{whole}"
+    return f"{sign}{whole}.{frac:0{scale}d}".rstrip("0")
+
+
+def canonical_amount(amount: Decimal) -> str:
+    """One text per value (``1``, ``1.0`` and ``1.00`` agree), for request hashes."""
+    return format(amount.normalize(_CTX), "f")
 
 
 def validate_account_id(account_id: object, *, field: str = "account_id") -> str:

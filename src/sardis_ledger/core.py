@@ -8,6 +8,14 @@ rule (floors, atomic batches, idempotency, Merkle appends, checkpoints) is here.
 Sequences are 1-based: entry ``n`` is leaf ``n - 1`` of the Merkle log, and the
 state "at sequence n" is the state after the first ``n`` entries, which is also
 what a tree head of size ``n`` commits to.
+
+Why the write path looks the way it does: a write validates everything it can
+before taking the storage lock (:mod:`sardis_ledger._requests`), then does the
+least possible work inside it (one read of the touched accounts and the tree
+head, one insert per table), and returns receipts whose audit paths are computed
+only when read (:class:`~sardis_ledger.models.LazyReceipt`). Nothing is relaxed
+for speed: every entry is hashed into the log and every node stored in the same
+transaction as the entry.
 """
 
 from __future__ import annotations
@@ -18,22 +26,30 @@ import os
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from . import merkle
-from .amounts import (
-    MAX_MINOR_UNITS,
-    from_minor,
-    parse_amount,
-    to_minor,
-    validate_account_id,
-    validate_asset_code,
+from ._proofs import CommitProofs, all_accounts, receipts_for, stored_node_getter, verify_ledger
+from ._requests import (
+    MAX_BATCH_LEGS,
+    MAX_METADATA_BYTES,
+    MAX_TEXT,
+    Leg,
+    Request,
+    batch_request,
+    check_metadata,
+    check_text,
+    id_prefix,
+    id_suffix,
+    iso,
+    leg,
+    now_iso,
+    transfer_request,
 )
+from .amounts import MAX_MINOR_UNITS, from_minor, minor_units, parse_amount, validate_account_id, validate_asset_code
 from .errors import (
     AccountExistsError,
     AccountNotFoundError,
@@ -53,6 +69,7 @@ from .models import (
     Asset,
     BalanceSnapshot,
     EntrySpec,
+    LazyReceipt,
     LedgerBatch,
     LedgerEntry,
     LedgerEntryType,
@@ -60,18 +77,15 @@ from .models import (
     Receipt,
     TreeHead,
     VerifyReport,
-    canonical_json,
 )
 from .records import AccountRow, BatchRow, EntryRow, HeadRow, leaf_bytes
 from .storage import Storage, open_storage
 from .storage.base import EntryQuery, Transaction
 
-__all__ = ["Ledger", "default_database_url"]
+__all__ = ["MAX_BATCH_LEGS", "MAX_METADATA_BYTES", "MAX_TEXT", "Ledger", "default_database_url"]
 
-MAX_BATCH_LEGS = 10_000
-MAX_TEXT = 256
-MAX_METADATA_BYTES = 16_384
-_AMOUNT_PARSE_SCALE = None  # the account's asset scale is checked in the transaction
+_sha256 = hashlib.sha256
+_TYPES = {"credit": LedgerEntryType.CREDIT, "debit": LedgerEntryType.DEBIT}
 
 
 def default_database_url() -> str:
@@ -79,120 +93,27 @@ def default_database_url() -> str:
     return os.environ.get("LEDGER_DATABASE_URL") or "sqlite:///ledger.db"
 
 
-def _now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _iso(ts: datetime) -> str:
-    if ts.tzinfo is None:
-        raise ValidationError("timestamps must be timezone-aware (use datetime.now(UTC))", field="at")
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _parse_ts(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-def _check_text(value: object, name: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValidationError(f"{name} must be a string", field=name)
-    if len(value) > MAX_TEXT or any(ord(ch) < 32 for ch in value):
-        raise ValidationError(f"{name} must be at most {MAX_TEXT} printable characters", field=name)
+def _metadata(text: str) -> dict[str, Any]:
+    if text == "{}":
+        return {}
+    value: dict[str, Any] = json.loads(text)
     return value
 
 
-def _check_metadata(value: object) -> str:
-    if value is None:
-        return "{}"
-    if not isinstance(value, Mapping):
-        raise ValidationError("metadata must be a JSON object", field="metadata")
-    try:
-        text = canonical_json(dict(value))
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(f"metadata must be JSON-serialisable: {exc}", field="metadata") from None
-    if len(text) > MAX_METADATA_BYTES:
-        raise ValidationError(f"metadata exceeds {MAX_METADATA_BYTES} bytes", field="metadata")
-    return text
+def _check_limit(limit: object) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+        raise ValidationError("limit must be an integer from 1 to 10000", field="limit")
+    return limit
 
 
-def _entry_type(value: object) -> LedgerEntryType:
-    if isinstance(value, LedgerEntryType):
-        return value
-    if isinstance(value, str):
-        try:
-            return LedgerEntryType(value.lower())
-        except ValueError:
-            pass
-    raise ValidationError("entry_type must be 'credit' or 'debit'", field="entry_type")
-
-
-@dataclass(slots=True)
-class _Leg:
-    account_id: str
-    amount: Decimal
-    direction: str
-    reference: str | None
-    metadata: str
-    asset: str | None
-
-
-@dataclass(slots=True)
-class _Request:
-    legs: list[_Leg]
-    idempotency_key: str | None = None
-    reverses: str | None = None
-    reason: str | None = None
-    batch_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    request_hash: str | None = None
-
-
-_SPEC_KEYS = frozenset({"account_id", "amount", "entry_type", "reference", "metadata", "asset"})
-
-
-def _leg(
-    account_id: object,
-    amount: object,
-    entry_type: object,
-    reference: object = None,
-    metadata: object = None,
-    asset: object = None,
-) -> _Leg:
-    return _Leg(
-        validate_account_id(account_id),
-        parse_amount(amount, _AMOUNT_PARSE_SCALE),
-        _entry_type(entry_type).value,
-        _check_text(reference, "reference"),
-        _check_metadata(metadata),
-        None if asset is None else validate_asset_code(asset),
-    )
-
-
-def _leg_from_spec(spec: object) -> _Leg:
-    if isinstance(spec, EntrySpec):
-        return _leg(spec.account_id, spec.amount, spec.entry_type, spec.reference, spec.metadata, spec.asset)
-    if not isinstance(spec, Mapping):
-        raise ValidationError("each batch entry must be a mapping or an EntrySpec")
-    unknown = set(spec) - _SPEC_KEYS
-    if unknown:
-        raise ValidationError(f"unknown entry fields: {', '.join(sorted(map(str, unknown)))}")
-    missing = {"account_id", "amount", "entry_type"} - set(spec)
-    if missing:
-        raise ValidationError(f"missing entry fields: {', '.join(sorted(missing))}")
-    return _leg(**spec)
-
-
-def _request_hash(req: _Request) -> str:
-    body = {
-        "legs": [
-            [leg.account_id, format(leg.amount.normalize(), "f"), leg.direction, leg.reference, leg.metadata, leg.asset]
-            for leg in req.legs
-        ],
-        "reverses": req.reverses,
-        "reason": req.reason,
-    }
-    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+def _check_id(value: object, name: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_TEXT:
+        raise ValidationError(f"{name} must be a non-empty string of at most {MAX_TEXT} characters", field=name)
+    return value
 
 
 class Ledger:
@@ -204,6 +125,9 @@ class Ledger:
     ``sqlite:///ledger.db``.
     """
 
+    max_attempts = 20
+    """Attempts of a write that meets transient storage errors (deadlock, busy, lost connection)."""
+
     def __init__(
         self,
         database_url: str | None = None,
@@ -212,9 +136,13 @@ class Ledger:
         default_asset: Asset = DEFAULT_ASSET,
         checkpoint_interval: int = 4096,
     ) -> None:
+        if isinstance(checkpoint_interval, bool) or not isinstance(checkpoint_interval, int) or checkpoint_interval < 1:
+            raise ValidationError("checkpoint_interval must be a positive integer", field="checkpoint_interval")
         self.storage = storage if storage is not None else open_storage(database_url or default_database_url())
         self.default_asset = default_asset
         self.checkpoint_interval = checkpoint_interval
+        # Scales of assets known to be committed. Never holds what an open
+        # transaction inserted: that transaction may still roll back.
         self._scales: dict[str, int] = {}
         self._frontier: tuple[int, bytes, merkle.Frontier] | None = None
         self._frontier_lock = threading.Lock()
@@ -234,20 +162,39 @@ class Ledger:
 
     # ------------------------------------------------------------------ assets
 
-    def _scale(self, tx: Transaction, code: str) -> int:
+    def _write_scale(self, tx: Transaction, code: str, seen: dict[str, int]) -> int:
+        """The scale of ``code`` inside a write transaction; the default asset is
+        registered on first use. ``seen`` collects what this transaction learned,
+        for the committed cache once it commits."""
         scale = self._scales.get(code)
         if scale is None:
-            self._scales = tx.assets()
-            scale = self._scales.get(code)
+            scale = seen.get(code)
+        if scale is None:
+            seen.update(tx.assets())
+            scale = seen.get(code)
             if scale is None:
                 if code != self.default_asset.code:
                     raise ValidationError(f"unknown asset {code!r}; register it first", field="asset")
-                tx.insert_asset(code, self.default_asset.scale)
                 scale = self.default_asset.scale
-                # Not cached until committed: the insert may roll back.
+                tx.insert_asset(code, scale)
+                seen[code] = scale
+        return scale
+
+    def _read_scale(self, tx: Transaction, code: str) -> int:
+        scale = self._scales.get(code)
+        if scale is None:
+            committed = tx.assets()  # a read transaction sees committed rows only
+            self._scales.update(committed)
+            scale = committed.get(code)
+            if scale is None:
+                if code != self.default_asset.code:
+                    raise IntegrityError(f"asset {code!r} is used but not registered")
+                scale = self.default_asset.scale
         return scale
 
     def register_asset(self, code: str, scale: int) -> Asset:
+        """Declare an asset and its decimal scale (0-18). Idempotent for the same
+        scale; an asset's scale never changes once registered."""
         validate_asset_code(code)
         if isinstance(scale, bool) or not isinstance(scale, int) or not 0 <= scale <= 18:
             raise ValidationError("scale must be an integer from 0 to 18", field="scale")
@@ -258,10 +205,11 @@ class Ledger:
                     raise ValidationError(f"asset {code} already has scale {existing[code]}", field="scale")
             else:
                 tx.insert_asset(code, scale)
-        self._scales = {}
+        self._scales[code] = scale
         return Asset(code, scale)
 
     def get_asset(self, code: str) -> Asset:
+        validate_asset_code(code)
         with self.storage.transaction(write=False) as tx:
             scales = tx.assets()
         if code not in scales:
@@ -278,7 +226,7 @@ class Ledger:
             asset=row.asset,
             balance=from_minor(row.balance, scale),
             overdraft_limit=from_minor(row.overdraft_limit, scale),
-            metadata=json.loads(row.metadata),
+            metadata=_metadata(row.metadata),
             created_at=_parse_ts(row.created_at),
         )
 
@@ -293,16 +241,18 @@ class Ledger:
     ) -> Account:
         """Create an account explicitly (credits create default-asset accounts implicitly).
 
-        With ``exist_ok`` an existing account is returned unchanged when its asset
-        and overdraft limit match what was asked, and refused otherwise.
+        ``overdraft_limit`` lets the balance go down to ``-overdraft_limit``. With
+        ``exist_ok`` an existing account is returned unchanged when its asset and
+        overdraft limit match what was asked, and refused otherwise.
         """
         validate_account_id(account_id)
         code = validate_asset_code(asset) if asset is not None else self.default_asset.code
-        limit = parse_amount(overdraft_limit, _AMOUNT_PARSE_SCALE, field="overdraft_limit", allow_zero=True)
-        meta = _check_metadata(metadata)
+        limit = parse_amount(overdraft_limit, None, field="overdraft_limit", allow_zero=True)
+        meta = check_metadata(metadata)
+        seen: dict[str, int] = {}
         with self.storage.transaction(write=True) as tx:
-            scale = self._scale(tx, code)
-            limit_minor = self._minor(limit, scale, "overdraft_limit")
+            scale = self._write_scale(tx, code, seen)
+            limit_minor = minor_units(limit, scale, "overdraft_limit")
             existing = tx.get_accounts([account_id]).get(account_id)
             if existing is not None:
                 if not exist_ok:
@@ -313,8 +263,9 @@ class Ledger:
                         account_id=account_id,
                     )
                 return self._account(existing, scale)
-            row = AccountRow(account_id, code, 0, limit_minor, meta, _now_iso())
+            row = AccountRow(account_id, code, 0, limit_minor, meta, now_iso())
             tx.insert_accounts([row])
+        self._scales.update(seen)
         return self._account(row, scale)
 
     def get_account(self, account_id: str) -> Account:
@@ -323,7 +274,7 @@ class Ledger:
             row = tx.get_accounts([account_id]).get(account_id)
             if row is None:
                 raise AccountNotFoundError(account_id)
-            return self._account(row, self._scale_ro(tx, row.asset))
+            return self._account(row, self._read_scale(tx, row.asset))
 
     def account_exists(self, account_id: str) -> bool:
         validate_account_id(account_id)
@@ -331,60 +282,47 @@ class Ledger:
             return account_id in tx.get_accounts([account_id])
 
     def list_accounts(self, *, prefix: str | None = None, after: str | None = None, limit: int = 100) -> list[Account]:
+        """Accounts in id order; pass the last id back as ``after`` for the next page."""
         limit = _check_limit(limit)
+        for value, name in ((prefix, "prefix"), (after, "after")):
+            if value is not None and (not isinstance(value, str) or len(value) > 128):
+                raise ValidationError(f"{name} must be a string of at most 128 characters", field=name)
         with self.storage.transaction(write=False) as tx:
             rows = tx.list_accounts(prefix, after, limit)
-            return [self._account(r, self._scale_ro(tx, r.asset)) for r in rows]
-
-    def _scale_ro(self, tx: Transaction, code: str) -> int:
-        scale = self._scales.get(code)
-        if scale is None:
-            self._scales = tx.assets()
-            scale = self._scales.get(code, self.default_asset.scale if code == self.default_asset.code else None)
-            if scale is None:
-                raise IntegrityError(f"asset {code!r} is used but not registered")
-        return scale
-
-    @staticmethod
-    def _minor(amount: Decimal, scale: int, name: str = "amount") -> int:
-        exponent = amount.as_tuple().exponent
-        if isinstance(exponent, int) and exponent < -scale and amount != amount.quantize(Decimal(1).scaleb(-scale)):
-            raise ValidationError(f"{name} {amount} has more than {scale} decimal places", field=name, scale=scale)
-        units = to_minor(amount, scale)
-        if units > MAX_MINOR_UNITS:
-            raise ValidationError(f"{name} {amount} is too large", field=name)
-        return units
+            return [self._account(r, self._read_scale(tx, r.asset)) for r in rows]
 
     # ---------------------------------------------------------------- balances
 
     def get_balance(self, account_id: str, at: datetime | int | None = None) -> Decimal:
         """Current balance, or the balance as of ``at`` (a timezone-aware datetime,
         or a sequence number: the state after that entry). Accounts that never
-        had an entry have balance 0."""
+        had an entry have balance 0. One indexed lookup, however long the log."""
         validate_account_id(account_id)
         with self.storage.transaction(write=False) as tx:
             row = tx.get_accounts([account_id]).get(account_id)
+            if at is not None:
+                size = self._size_at(tx, at)
             if row is None:
                 return Decimal(0)
-            scale = self._scale_ro(tx, row.asset)
+            scale = self._read_scale(tx, row.asset)
             if at is None:
                 return from_minor(row.balance, scale)
-            size = self._size_at(tx, at)
             last = tx.last_entry_before(account_id, size)
             return from_minor(last.running_balance if last else 0, scale)
 
     def _size_at(self, tx: Transaction, at: datetime | int) -> int:
+        """Number of entries in the state as of ``at`` (inclusive)."""
         if isinstance(at, bool) or not isinstance(at, (int, datetime)):
-            raise ValidationError("at must be a datetime or a sequence number", field="at")
+            raise ValidationError("at must be a timezone-aware datetime or a sequence number", field="at")
         if isinstance(at, int):
             if at < 0:
                 raise ValidationError("sequence must not be negative", field="at")
             return min(at, tx.head().size)
-        return tx.seq_after_time(_iso(at))
+        return tx.seq_after_time(iso(at))
 
     def snapshot(self, at: datetime | int | None = None) -> BalanceSnapshot:
-        """Every balance as of ``at``: the nearest checkpoint, then at most one
-        checkpoint interval of entries replayed on top of it."""
+        """Every balance as of ``at``: the nearest stored checkpoint, then the entries
+        after it replayed on top (at most about one checkpoint interval)."""
         with self.storage.transaction(write=False) as tx:
             size = tx.head().size if at is None else self._size_at(tx, at)
             cp = tx.checkpoint_at_or_before(size)
@@ -392,8 +330,11 @@ class Ledger:
             for row in tx.entries_by_seq(start, size):
                 delta = row.amount if row.direction == "credit" else -row.amount
                 balances[row.account_id] = balances.get(row.account_id, 0) + delta
-            assets = {r.account_id: r.asset for r in _all_accounts(tx) if r.account_id in balances}
-            out = {a: from_minor(b, self._scale_ro(tx, assets.get(a, self.default_asset.code))) for a, b in balances.items()}
+            assets = {r.account_id: r.asset for r in all_accounts(tx) if r.account_id in balances}
+            out = {
+                a: from_minor(b, self._read_scale(tx, assets.get(a, self.default_asset.code)))
+                for a, b in balances.items()
+            }
         return BalanceSnapshot(size, out, assets)
 
     # ------------------------------------------------------------------ writes
@@ -409,15 +350,18 @@ class Ledger:
         asset: str | None = None,
         idempotency_key: str | None = None,
     ) -> LedgerEntry:
-        """Append one credit or debit. A credit to an unknown account creates it."""
-        req = _Request([_leg(account_id, amount, entry_type, reference, metadata, asset)])
-        return self._post([self._keyed(req, idempotency_key)])[0].entries[0]
+        """Append one credit or debit. A credit to an unknown account creates it
+        (in ``asset``, default the ledger's default asset); a debit of an unknown
+        account raises :class:`AccountNotFoundError`."""
+        req = Request([leg(account_id, amount, entry_type, reference, metadata, asset)]).keyed(idempotency_key)
+        return self._post([req])[0].entries[0]
 
     def create_batch(
         self, entries: Sequence[Mapping[str, Any] | EntrySpec], *, idempotency_key: str | None = None
     ) -> LedgerBatch:
-        """Append several legs atomically: all are written, or none is."""
-        return self._post([self._keyed(self._batch_request(entries), idempotency_key)])[0]
+        """Append several legs atomically: all are written, or none is. Legs apply
+        in order (a debit sees the credits before it in the same batch)."""
+        return self._post([batch_request(entries).keyed(idempotency_key)])[0]
 
     def transfer(
         self,
@@ -429,58 +373,27 @@ class Ledger:
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> LedgerBatch:
-        """A two-leg batch: debit ``from_account``, credit ``to_account``."""
-        req = self._transfer_request(from_account, to_account, amount, reference, metadata)
-        return self._post([self._keyed(req, idempotency_key)])[0]
+        """A two-leg batch: debit ``from_account``, credit ``to_account``, in one asset
+        (a receiver that does not exist yet is created in the sender's asset)."""
+        req = transfer_request(from_account, to_account, amount, reference, metadata).keyed(idempotency_key)
+        return self._post([req])[0]
 
     def post_many(self, batches: Iterable[Sequence[Mapping[str, Any] | EntrySpec]]) -> list[LedgerBatch]:
         """Several batches in one storage transaction (bulk loads): all commit or none."""
-        return self._post([self._batch_request(b) for b in batches])
+        return self._post([batch_request(b) for b in batches])
 
     def transfer_many(
         self, transfers: Iterable[tuple[str, str, Decimal | int | str]], *, reference: str | None = None
     ) -> list[LedgerBatch]:
         """Many transfers in one storage transaction: all commit or none."""
-        return self._post([self._transfer_request(f, t, a, reference, None) for f, t, a in transfers])
+        return self._post([transfer_request(f, t, a, reference, None) for f, t, a in transfers])
 
     def rollback_batch(self, batch_id: str, reason: str, *, idempotency_key: str | None = None) -> LedgerBatch:
         """Append the compensating batch of ``batch_id``. The original stays; a batch
         can be reversed once; a reversal that would overdraw an account is refused."""
-        if not isinstance(batch_id, str) or not batch_id or len(batch_id) > MAX_TEXT:
-            raise ValidationError("batch_id must be a non-empty string", field="batch_id")
-        req = _Request([], reverses=batch_id, reason=_check_text(reason, "reason"))
-        return self._post([self._keyed(req, idempotency_key)])[0]
-
-    def _batch_request(self, entries: Sequence[Mapping[str, Any] | EntrySpec]) -> _Request:
-        if isinstance(entries, (str, bytes, Mapping)) or not isinstance(entries, Sequence):
-            raise ValidationError("a batch is a list of entries")
-        if not entries:
-            raise ValidationError("a batch needs at least one entry")
-        if len(entries) > MAX_BATCH_LEGS:
-            raise ValidationError(f"a batch has at most {MAX_BATCH_LEGS} entries")
-        return _Request([_leg_from_spec(s) for s in entries])
-
-    def _transfer_request(
-        self, src: object, dst: object, amount: object, reference: object, metadata: object
-    ) -> _Request:
-        if src == dst:
-            raise ValidationError("a transfer needs two different accounts")
-        value = parse_amount(amount, _AMOUNT_PARSE_SCALE)
-        ref = _check_text(reference, "reference")
-        meta = _check_metadata(metadata)
-        return _Request([
-            _Leg(validate_account_id(src, field="from_account"), value, "debit", ref, meta, None),
-            _Leg(validate_account_id(dst, field="to_account"), value, "credit", ref, meta, None),
-        ])
-
-    @staticmethod
-    def _keyed(req: _Request, key: object) -> _Request:
-        if key is not None:
-            if not isinstance(key, str) or not key or len(key) > MAX_TEXT:
-                raise ValidationError(f"idempotency key must be 1-{MAX_TEXT} characters", field="idempotency_key")
-            req.idempotency_key = key
-            req.request_hash = _request_hash(req)
-        return req
+        _check_id(batch_id, "batch_id")
+        req = Request([], reverses=batch_id, reason=check_text(reason, "reason"))
+        return self._post([req.keyed(idempotency_key)])[0]
 
     def _load_frontier(self, tx: Transaction, head: HeadRow) -> merkle.Frontier:
         with self._frontier_lock:
@@ -497,9 +410,7 @@ class Ledger:
             raise IntegrityError("stored tree head does not match its Merkle nodes; run verify()")
         return frontier
 
-    max_attempts = 20
-
-    def _post(self, requests: list[_Request]) -> list[LedgerBatch]:
+    def _post(self, requests: list[Request]) -> list[LedgerBatch]:
         """Run a write, retrying transient storage failures. Batch ids are fixed
         before the first attempt, so when a commit's outcome was unknown (the
         connection died during COMMIT) the retry finds the batch and returns it
@@ -513,93 +424,125 @@ class Ledger:
                 time.sleep(min(0.2, 0.002 * 2**attempt) * random.random())
         raise AssertionError("unreachable")
 
-    def _post_once(self, requests: list[_Request], *, retry: bool) -> list[LedgerBatch]:
-        with self.storage.transaction(write=True) as tx:
-            if retry and requests:
-                done = tx.get_batch(requests[0].batch_id)
-                if done is not None:
-                    return [self._batch_from_row(tx, b) for r in requests if (b := tx.get_batch(r.batch_id))]
+    def _post_once(self, requests: list[Request], *, retry: bool) -> list[LedgerBatch]:
+        storage = self.storage
+        seen_scales: dict[str, int] = {}
+        with storage.transaction(write=True) as tx:
+            if retry and requests and tx.get_batch(requests[0].batch_id) is not None:
+                return [self._batch_from_row(tx, b) for r in requests if (b := tx.get_batch(r.batch_id))]
             # Lock order: accounts (sorted) first, the tree head last, so the serialised
             # section that appends to the Merkle log is as short as possible.
-            ids = {leg.account_id for r in requests for leg in r.legs}
-            rows = tx.get_accounts(sorted(ids)) if ids else {}
+            ids = {lg.account_id for r in requests for lg in r.legs}
+            accounts = tx.get_accounts(sorted(ids)) if ids else {}
             head = tx.head()
             frontier = self._load_frontier(tx, head)
-            before = {(lv, ix): h for lv, ix, h in frontier.stack}
-            created_at = max(_now_iso(), head.updated_at)
-            results: list[LedgerBatch | _Request] = []
+            before = list(frontier.stack)
+            created_at = max(now_iso(), head.updated_at)
+            id_head = id_prefix()
+            committed_scales = self._scales
             balances: dict[str, int] = {}
-            new_accounts: dict[str, AccountRow] = {}
+            new_accounts: list[AccountRow] = []
             entries: list[EntryRow] = []
+            digests: list[bytes] = []
+            leaves: list[bytes] = []
             batches: list[BatchRow] = []
             nodes: list[tuple[int, int, bytes]] = []
-            keys_here: dict[str, _Request] = {}
+            results: list[LedgerBatch | Request] = []
+            keys_here: dict[str, Request] = {}
             reversed_here: set[str] = set()
+            append = frontier.append
             seq = head.size
+            last_amount: Decimal | None = None
+            last_scale = last_units = -1
             for req in requests:
-                if req.idempotency_key is not None:
-                    prior = tx.find_idempotency(req.idempotency_key)
-                    if prior is not None or req.idempotency_key in keys_here:
-                        prior_hash = prior.request_hash if prior else keys_here[req.idempotency_key].request_hash
+                key = req.idempotency_key
+                if key is not None:
+                    prior = tx.find_idempotency(key)
+                    if prior is not None or key in keys_here:
+                        prior_hash = prior.request_hash if prior else keys_here[key].request_hash
                         if prior_hash != req.request_hash:
                             raise IdempotencyConflictError(
-                                f"idempotency key {req.idempotency_key!r} was used for a different request",
-                                idempotency_key=req.idempotency_key,
+                                f"idempotency key {key!r} was used for a different request", idempotency_key=key
                             )
                         results.append(self._batch_from_row(tx, prior, replayed=True) if prior else req)
                         continue
-                    keys_here[req.idempotency_key] = req
-                if req.reverses is not None:
-                    req.legs = self._reversal_legs(tx, req.reverses, reversed_here)
-                    missing = {leg.account_id for leg in req.legs} - rows.keys() - new_accounts.keys()
-                    rows.update(tx.get_accounts(sorted(missing)) if missing else {})
+                    keys_here[key] = req
+                reverses = req.reverses
+                if reverses is not None:
+                    req.legs = self._reversal_legs(tx, reverses, reversed_here, seen_scales)
+                    missing = {lg.account_id for lg in req.legs} - accounts.keys()
+                    if missing:
+                        accounts.update(tx.get_accounts(sorted(missing)))
                 first = seq
-                for leg in req.legs:
-                    acct = rows.get(leg.account_id) or new_accounts.get(leg.account_id)
+                batch_id = req.batch_id
+                req_asset: str | None = None
+                for lg in req.legs:
+                    aid = lg.account_id
+                    acct = accounts.get(aid)
                     if acct is None:
-                        if leg.direction == "debit":
-                            raise InsufficientBalanceError(leg.account_id, leg.amount, Decimal(0))
-                        code = leg.asset or self.default_asset.code
-                        self._scale(tx, code)
-                        acct = AccountRow(leg.account_id, code, 0, 0, "{}", created_at)
-                        new_accounts[leg.account_id] = acct
-                    if leg.asset is not None and leg.asset != acct.asset:
+                        if lg.direction == "debit":
+                            raise AccountNotFoundError(aid, f"account {aid!r} does not exist: nothing to debit")
+                        code = lg.asset or req_asset or self.default_asset.code
+                        self._write_scale(tx, code, seen_scales)
+                        acct = accounts[aid] = AccountRow(aid, code, 0, 0, "{}", created_at)
+                        new_accounts.append(acct)
+                    asset = acct.asset
+                    if lg.asset is not None and lg.asset != asset:
                         raise AssetMismatchError(
-                            f"account {acct.account_id!r} holds {acct.asset}, not {leg.asset}",
-                            account_id=acct.account_id,
+                            f"account {aid!r} holds {asset}, not {lg.asset}", account_id=aid, asset=asset
                         )
-                    scale = self._scale(tx, acct.asset)
-                    units = self._minor(leg.amount, scale)
-                    current = balances.get(acct.account_id, acct.balance)
-                    if leg.direction == "debit":
+                    if req.same_asset:
+                        if req_asset is None:
+                            req_asset = asset
+                        elif asset != req_asset:
+                            raise AssetMismatchError(
+                                f"a transfer moves one asset: {req.legs[0].account_id!r} holds {req_asset},"
+                                f" {aid!r} holds {asset}",
+                                account_id=aid, asset=asset,
+                            )
+                    scale = committed_scales.get(asset)
+                    if scale is None:
+                        scale = self._write_scale(tx, asset, seen_scales)
+                    amount = lg.amount
+                    if amount is last_amount and scale == last_scale:
+                        units = last_units
+                    else:
+                        units = minor_units(amount, scale)
+                        last_amount, last_scale, last_units = amount, scale, units
+                    current = balances.get(aid)
+                    if current is None:
+                        current = acct.balance
+                    if lg.direction == "debit":
                         new = current - units
                         if new < -acct.overdraft_limit:
                             raise InsufficientBalanceError(
-                                acct.account_id, leg.amount, from_minor(current + acct.overdraft_limit, scale)
+                                aid, amount, from_minor(current + acct.overdraft_limit, scale)
                             )
                     else:
                         new = current + units
                         if new > MAX_MINOR_UNITS:
-                            raise ValidationError(f"balance of {acct.account_id!r} would exceed the maximum")
-                    balances[acct.account_id] = new
+                            raise ValidationError(f"balance of {aid!r} would exceed the maximum", account_id=aid)
+                    balances[aid] = new
                     row = EntryRow(
-                        seq, uuid.uuid4().hex, req.batch_id, acct.account_id, acct.asset, units,
-                        leg.direction, new, created_at, leg.reference, leg.metadata, req.reverses,
+                        seq, id_head + id_suffix(), batch_id, aid, asset, units, lg.direction, new,
+                        created_at, lg.reference, lg.metadata, reverses,
                     )
+                    leaf = leaf_bytes(row, scale)
+                    digest = _sha256(b"\x00" + leaf).digest()
                     entries.append(row)
-                    nodes.extend(frontier.append(merkle.hash_leaf(leaf_bytes(row, scale))))
+                    leaves.append(leaf)
+                    digests.append(digest)
+                    nodes += append(digest)
                     seq += 1
                 batches.append(BatchRow(
-                    req.batch_id, first, seq - first, created_at, req.reverses, req.reason,
-                    req.idempotency_key, req.request_hash,
+                    batch_id, first, seq - first, created_at, reverses, req.reason, key, req.request_hash,
                 ))
                 results.append(req)
             if entries or batches:
                 if new_accounts:
-                    tx.insert_accounts(list(new_accounts.values()))
+                    tx.insert_accounts(new_accounts)
                 tx.update_balances(balances)
-                for b in batches:
-                    tx.insert_batch(b)
+                tx.insert_batches(batches)
                 tx.insert_entries(entries)
                 tx.insert_nodes(nodes)
                 root = frontier.root()
@@ -608,44 +551,62 @@ class Ledger:
                     tx.insert_checkpoint(seq, tx.all_balances())
             else:
                 root = head.root
-            scales = {a: self._scale(tx, r.asset) for a, r in {**rows, **new_accounts}.items()}
-            known = dict(before)
-            known.update({(lv, ix): h for lv, ix, h in nodes})
-
-            def node(level: int, index: int) -> bytes:
-                h = known.get((level, index))
-                if h is None:
-                    known.update(tx.get_nodes([(level, index)]))
-                    h = known[(level, index)]
-                return h
-
-            by_batch: dict[str, list[LedgerEntry]] = {}
-            for row in entries:
-                by_batch.setdefault(row.batch_id, []).append(
-                    self._entry(row, scales[row.account_id], self._receipt_from(row, seq, root, node, scales))
-                )
-            out: list[LedgerBatch] = []
-            for item in results:
-                if isinstance(item, LedgerBatch):
-                    out.append(item)
-                elif item.batch_id in by_batch or item.reverses is not None or item.legs:
-                    out.append(LedgerBatch(
-                        item.batch_id, tuple(by_batch.get(item.batch_id, ())), _parse_ts(created_at),
-                        item.reverses, item.reason, item.idempotency_key,
-                    ))
-                else:  # a duplicate key inside this same bulk call
-                    first_req = keys_here[item.idempotency_key or ""]
-                    out.append(LedgerBatch(
-                        first_req.batch_id, tuple(by_batch.get(first_req.batch_id, ())), _parse_ts(created_at),
-                        None, None, first_req.idempotency_key, replayed=True,
-                    ))
+        # Committed. Remember what is now known to be stored.
         with self._frontier_lock:
             self._frontier = (seq, root, frontier)
-        if entries:
-            self._scales.update({r.asset: scales[r.account_id] for r in entries})
+        if seen_scales:
+            self._scales.update(seen_scales)
+        return self._results(results, entries, leaves, digests, keys_here, created_at,
+                             CommitProofs(storage, seq, before, nodes), root.hex())
+
+    def _results(
+        self,
+        results: list[LedgerBatch | Request],
+        entries: list[EntryRow],
+        leaves: list[bytes],
+        digests: list[bytes],
+        keys_here: dict[str, Request],
+        created_at: str,
+        proofs: CommitProofs,
+        root: str,
+    ) -> list[LedgerBatch]:
+        ts = _parse_ts(created_at)
+        size = proofs.size
+        scales = self._scales
+        by_batch: dict[str, list[LedgerEntry]] = {}
+        for row, leaf, digest in zip(entries, leaves, digests, strict=True):
+            scale = scales[row.asset]
+            entry = LedgerEntry(
+                row.entry_id, row.seq + 1, row.batch_id, row.account_id, row.asset,
+                from_minor(row.amount, scale), _TYPES[row.direction], from_minor(row.running_balance, scale),
+                ts, row.reference, _metadata(row.metadata), row.reverses, leaf,
+                LazyReceipt(row.seq, size, root, digest, proofs),
+            )
+            group = by_batch.get(row.batch_id)
+            if group is None:
+                by_batch[row.batch_id] = [entry]
+            else:
+                group.append(entry)
+        out: list[LedgerBatch] = []
+        for item in results:
+            if isinstance(item, LedgerBatch):
+                out.append(item)
+            elif item.idempotency_key is None or keys_here.get(item.idempotency_key) is item:
+                out.append(LedgerBatch(
+                    item.batch_id, tuple(by_batch.get(item.batch_id, ())), ts,
+                    item.reverses, item.reason, item.idempotency_key,
+                ))
+            else:  # a repeated key inside this same bulk call: the first one's result
+                first = keys_here[item.idempotency_key]
+                out.append(LedgerBatch(
+                    first.batch_id, tuple(by_batch.get(first.batch_id, ())), ts,
+                    first.reverses, first.reason, first.idempotency_key, replayed=True,
+                ))
         return out
 
-    def _reversal_legs(self, tx: Transaction, batch_id: str, reversed_here: set[str]) -> list[_Leg]:
+    def _reversal_legs(
+        self, tx: Transaction, batch_id: str, reversed_here: set[str], seen_scales: dict[str, int]
+    ) -> list[Leg]:
         original = tx.get_batch(batch_id)
         if original is None:
             raise BatchNotFoundError(f"batch {batch_id!r} does not exist", batch_id=batch_id)
@@ -655,8 +616,8 @@ class Ledger:
         reversed_here.add(batch_id)
         legs = []
         for row in tx.entries_by_seq(original.first_seq, original.first_seq + original.count):
-            scale = self._scale(tx, row.asset)
-            legs.append(_Leg(
+            scale = self._write_scale(tx, row.asset, seen_scales)
+            legs.append(Leg(
                 row.account_id, from_minor(row.amount, scale), "debit" if row.direction == "credit" else "credit",
                 row.reference, row.metadata, row.asset,
             ))
@@ -666,7 +627,7 @@ class Ledger:
 
     # ------------------------------------------------------------------- reads
 
-    def _entry(self, row: EntryRow, scale: int, receipt: Receipt | None) -> LedgerEntry:
+    def _entry(self, row: EntryRow, scale: int, leaf: bytes, receipt: Receipt | None) -> LedgerEntry:
         return LedgerEntry(
             entry_id=row.entry_id,
             sequence=row.seq + 1,
@@ -674,61 +635,29 @@ class Ledger:
             account_id=row.account_id,
             asset=row.asset,
             amount=from_minor(row.amount, scale),
-            entry_type=LedgerEntryType(row.direction),
+            entry_type=_TYPES[row.direction],
             running_balance=from_minor(row.running_balance, scale),
             created_at=_parse_ts(row.created_at),
             reference=row.reference,
-            metadata=json.loads(row.metadata),
+            metadata=_metadata(row.metadata),
             reverses=row.reverses,
-            leaf=leaf_bytes(row, scale),
+            leaf=leaf,
             receipt=receipt,
         )
-
-    @staticmethod
-    def _receipt_from(
-        row: EntryRow, size: int, root: bytes, node: merkle.NodeGetter, scales: Mapping[str, int]
-    ) -> Receipt:
-        proof = merkle.inclusion_proof(row.seq, size, node)
-        return Receipt(
-            leaf_index=row.seq,
-            tree_size=size,
-            leaf_hash=merkle.hash_leaf(leaf_bytes(row, scales[row.account_id])).hex(),
-            root=root.hex(),
-            inclusion_proof=tuple(p.hex() for p in proof),
-        )
-
-    def _stored_node_getter(self, tx: Transaction, fn: Callable[[merkle.NodeGetter], object]) -> merkle.NodeGetter:
-        coords = merkle.needed_nodes(fn)
-        nodes = tx.get_nodes(coords)
-        missing = coords - nodes.keys()
-        if missing:
-            raise IntegrityError(f"Merkle nodes missing: {sorted(missing)[:3]}")
-        return lambda level, index: nodes[(level, index)]
 
     def _rows_to_entries(self, tx: Transaction, rows: Sequence[EntryRow], with_receipts: bool) -> list[LedgerEntry]:
         if not rows:
             return []
-        head = tx.head()
-        out = []
-        for row in rows:
-            scale = self._scale_ro(tx, row.asset)
-            receipt = self._receipt_tx(tx, row, head, scale) if with_receipts else None
-            out.append(self._entry(row, scale, receipt))
-        return out
-
-    def _receipt_tx(self, tx: Transaction, row: EntryRow, head: HeadRow, scale: int) -> Receipt:
-        size = head.size
-
-        def plan(node: merkle.NodeGetter) -> object:
-            merkle.inclusion_proof(row.seq, size, node)
-            return merkle.tree_root(size, node)
-
-        getter = self._stored_node_getter(tx, plan)
-        proof = merkle.inclusion_proof(row.seq, size, getter)
-        return Receipt(
-            row.seq, size, merkle.hash_leaf(leaf_bytes(row, scale)).hex(), head.root.hex(),
-            tuple(p.hex() for p in proof),
-        )
+        scales = [self._read_scale(tx, row.asset) for row in rows]
+        leaves = [leaf_bytes(row, scale) for row, scale in zip(rows, scales, strict=True)]
+        receipts: Sequence[Receipt | None] = [None] * len(rows)
+        if with_receipts:
+            head = tx.head()
+            receipts = receipts_for(tx, rows, head.size, head.root, leaves)
+        return [
+            self._entry(row, scale, leaf, receipt)
+            for row, scale, leaf, receipt in zip(rows, scales, leaves, receipts, strict=True)
+        ]
 
     def _batch_from_row(self, tx: Transaction, batch: BatchRow, *, replayed: bool = False) -> LedgerBatch:
         rows = tx.entries_by_seq(batch.first_seq, batch.first_seq + batch.count)
@@ -738,17 +667,31 @@ class Ledger:
         )
 
     def get_batch(self, batch_id: str) -> LedgerBatch:
+        _check_id(batch_id, "batch_id")
         with self.storage.transaction(write=False) as tx:
             batch = tx.get_batch(batch_id)
             if batch is None:
                 raise BatchNotFoundError(f"batch {batch_id!r} does not exist", batch_id=batch_id)
             return self._batch_from_row(tx, batch)
 
+    def batch_accounts(self, batch_id: str) -> list[str]:
+        """The accounts ``batch_id`` touches, sorted (what a rollback must lock)."""
+        _check_id(batch_id, "batch_id")
+        with self.storage.transaction(write=False) as tx:
+            batch = tx.get_batch(batch_id)
+            if batch is None:
+                raise BatchNotFoundError(f"batch {batch_id!r} does not exist", batch_id=batch_id)
+            rows = tx.entries_by_seq(batch.first_seq, batch.first_seq + batch.count)
+        return sorted({r.account_id for r in rows})
+
     def reversal_of(self, batch_id: str) -> str | None:
+        """The id of the batch that reversed ``batch_id``, if any."""
+        _check_id(batch_id, "batch_id")
         with self.storage.transaction(write=False) as tx:
             return tx.find_reversal(batch_id)
 
     def get_entry(self, entry_id: str) -> LedgerEntry:
+        _check_id(entry_id, "entry_id")
         with self.storage.transaction(write=False) as tx:
             row = tx.get_entry(entry_id)
             if row is None:
@@ -775,6 +718,12 @@ class Ledger:
         limit = _check_limit(limit)
         if account_id is not None:
             validate_account_id(account_id)
+        if batch_id is not None:
+            _check_id(batch_id, "batch_id")
+        if reference is not None:
+            _check_id(reference, "reference")
+        if cursor is not None and (isinstance(cursor, bool) or not isinstance(cursor, int) or cursor < 1):
+            raise ValidationError("cursor must be a positive sequence number", field="cursor")
         with self.storage.transaction(write=False) as tx:
             lo, hi = 0, tx.head().size
             if batch_id is not None:
@@ -787,13 +736,13 @@ class Ledger:
             if until is not None:
                 hi = min(hi, self._size_at(tx, until))
             if cursor is not None:
-                if isinstance(cursor, bool) or not isinstance(cursor, int) or cursor < 1:
-                    raise ValidationError("cursor must be a positive sequence number", field="cursor")
                 if descending:
                     hi = min(hi, cursor - 1)
                 else:
                     lo = max(lo, cursor - 1)
-            rows = tx.query_entries(EntryQuery(account_id, reference, lo, hi, limit + 1, descending))
+            if hi <= lo:
+                return Page((), None)
+            rows = tx.query_entries(EntryQuery(account_id, reference, lo, hi, limit + 1, bool(descending)))
             more = len(rows) > limit
             rows = rows[:limit]
             items = self._rows_to_entries(tx, rows, with_receipts)
@@ -809,52 +758,44 @@ class Ledger:
                 raise ValidationError("sequence numbers start at 1", field="since")
             return since - 1
         if not isinstance(since, datetime):
-            raise ValidationError("since must be a datetime or a sequence number", field="since")
-        # entries strictly before `since`
-        ts = _iso(since)
-        lo, hi = 0, tx.head().size
-        while lo < hi:
-            mid = (lo + hi) // 2
-            rows = tx.entries_by_seq(mid, mid + 1)
-            if rows and rows[0].created_at < ts:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo
+            raise ValidationError("since must be a timezone-aware datetime or a sequence number", field="since")
+        # entries strictly before `since` = entries at or before one microsecond earlier
+        return tx.seq_after_time(iso(since - timedelta(microseconds=1), "since"))
 
     # ---------------------------------------------------------------- evidence
 
     def tree_head(self) -> TreeHead:
         with self.storage.transaction(write=False) as tx:
             head = tx.head()
-        return TreeHead(head.size, head.root.hex(), _parse_ts(head.updated_at) if head.updated_at else datetime.fromtimestamp(0, UTC))
+        stamp = _parse_ts(head.updated_at) if head.updated_at else datetime.fromtimestamp(0, UTC)
+        return TreeHead(head.size, head.root.hex(), stamp)
 
     def receipt(self, sequence: int, tree_size: int | None = None) -> Receipt:
-        """Inclusion proof for entry ``sequence`` in the tree of ``tree_size`` (default: now)."""
+        """Inclusion proof for entry ``sequence`` in the tree of ``tree_size`` (default: now).
+        O(log n) stored nodes, read in one query."""
         with self.storage.transaction(write=False) as tx:
             head = tx.head()
             size = head.size if tree_size is None else tree_size
+            if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= head.size:
+                raise ValidationError(f"tree size must be within 1..{head.size}", field="tree_size")
             if isinstance(sequence, bool) or not isinstance(sequence, int) or not 1 <= sequence <= size:
                 raise ValidationError(f"sequence must be within 1..{size}", field="sequence")
-            if size > head.size or size < 1:
-                raise ValidationError(f"tree size must be within 1..{head.size}", field="tree_size")
             rows = tx.entries_by_seq(sequence - 1, sequence)
             if not rows:
                 raise IntegrityError(f"entry {sequence} is missing")
             row = rows[0]
-            scale = self._scale_ro(tx, row.asset)
-
-            def plan(node: merkle.NodeGetter) -> object:
-                merkle.inclusion_proof(row.seq, size, node)
-                return merkle.tree_root(size, node)
-
-            getter = self._stored_node_getter(tx, plan)
-            proof = merkle.inclusion_proof(row.seq, size, getter)
+            scale = self._read_scale(tx, row.asset)
+            index = row.seq
+            getter = stored_node_getter(tx, [
+                lambda node: merkle.inclusion_proof(index, size, node),
+                lambda node: merkle.tree_root(size, node),
+            ])
+            proof = merkle.inclusion_proof(index, size, getter)
             root = merkle.tree_root(size, getter)
             if size == head.size and root != head.root:
                 raise IntegrityError("stored tree head does not match its Merkle nodes; run verify()")
         return Receipt(
-            row.seq, size, merkle.hash_leaf(leaf_bytes(row, scale)).hex(), root.hex(), tuple(p.hex() for p in proof)
+            index, size, merkle.hash_leaf(leaf_bytes(row, scale)).hex(), root.hex(), tuple(p.hex() for p in proof)
         )
 
     def root_at(self, tree_size: int) -> str:
@@ -862,7 +803,7 @@ class Ledger:
             head = tx.head()
             if isinstance(tree_size, bool) or not isinstance(tree_size, int) or not 0 <= tree_size <= head.size:
                 raise ValidationError(f"tree size must be within 0..{head.size}", field="tree_size")
-            getter = self._stored_node_getter(tx, lambda node: merkle.tree_root(tree_size, node))
+            getter = stored_node_getter(tx, [lambda node: merkle.tree_root(tree_size, node)])
             return merkle.tree_root(tree_size, getter).hex()
 
     def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[str]:
@@ -874,7 +815,7 @@ class Ledger:
                     raise ValidationError(f"tree sizes must be within 0..{head.size}", field="tree_size")
             if old_size > new:
                 raise ValidationError("old size must not exceed new size", field="tree_size")
-            getter = self._stored_node_getter(tx, lambda node: merkle.consistency_proof(old_size, new, node))
+            getter = stored_node_getter(tx, [lambda node: merkle.consistency_proof(old_size, new, node)])
             return [p.hex() for p in merkle.consistency_proof(old_size, new, getter)]
 
     def verify_receipt(self, entry: LedgerEntry) -> bool:
@@ -887,83 +828,12 @@ class Ledger:
 
     def verify(self, progress: Callable[[int, int], None] | None = None, *, chunk: int = 20_000) -> VerifyReport:
         """Audit the whole store: every leaf hash and stored Merkle node, the root,
-        running balances and floors, account balances, and conservation per asset.
-        Names the first bad entry it finds."""
-        report = VerifyReport()
-        with self.storage.transaction(write=False) as tx:
-            head = tx.head()
-            scales = tx.assets()
-            accounts = {r.account_id: r for r in _all_accounts(tx)}
-        report.tree_size = head.size
-        report.root = head.root.hex()
-        frontier = merkle.Frontier()
-        running: dict[str, int] = {}
-        issued: dict[str, int] = {}
-        expected_seq = 0
-        pending_nodes: dict[tuple[int, int], bytes] = {}
-        for start in range(0, head.size, chunk):
-            end = min(start + chunk, head.size)
-            with self.storage.transaction(write=False) as tx:
-                rows = tx.entries_by_seq(start, end)
-                stored: dict[tuple[int, int], bytes] = {}
-                for level in range(0, max(1, end.bit_length()) + 1):
-                    lo = ((start + 1 + (1 << level) - 1) >> level) - 1
-                    hi = (end >> level) - 1
-                    if hi >= lo:
-                        stored.update({(level, i): h for i, h in tx.node_range(level, max(lo, 0), hi)})
-            for row in rows:
-                if row.seq != expected_seq:
-                    report.fail(f"entry sequence {expected_seq + 1} is missing (found {row.seq + 1})", expected_seq + 1)
-                    expected_seq = row.seq
-                scale = scales.get(row.asset)
-                if scale is None:
-                    report.fail(f"entry {row.seq + 1} uses unregistered asset {row.asset!r}", row.seq + 1)
-                    scale = 0
-                prev = running.get(row.account_id, 0)
-                delta = row.amount if row.direction == "credit" else -row.amount
-                if row.amount <= 0 or row.direction not in ("credit", "debit"):
-                    report.fail(f"entry {row.seq + 1} has an invalid amount or type", row.seq + 1)
-                if prev + delta != row.running_balance:
-                    report.fail(
-                        f"entry {row.seq + 1}: running balance {row.running_balance} != {prev} + {delta}", row.seq + 1
-                    )
-                acct = accounts.get(row.account_id)
-                if acct is None:
-                    report.fail(f"entry {row.seq + 1}: account {row.account_id!r} does not exist", row.seq + 1)
-                elif row.running_balance < -acct.overdraft_limit:
-                    report.fail(f"entry {row.seq + 1}: {row.account_id!r} is below its floor", row.seq + 1)
-                running[row.account_id] = prev + delta
-                issued[row.asset] = issued.get(row.asset, 0) + delta
-                for level, index, h in frontier.append(merkle.hash_leaf(leaf_bytes(row, scale))):
-                    pending_nodes[(level, index)] = h
-                expected_seq += 1
-                report.entries_checked += 1
-            for coord, h in pending_nodes.items():
-                got = stored.get(coord)
-                if got != h:
-                    seq = (coord[1] << coord[0]) + 1
-                    what = "leaf hash" if coord[0] == 0 else f"Merkle node {coord}"
-                    report.fail(f"entry {seq}: stored {what} does not match the entry's contents", seq)
-            pending_nodes.clear()
-            if progress is not None:
-                progress(end, head.size)
-        if expected_seq != head.size:
-            report.fail(f"tree head claims {head.size} entries, store has {expected_seq}", expected_seq + 1)
-        if frontier.root() != head.root:
-            report.fail("stored tree head root does not match the entries", report.first_bad_sequence)
-        totals: dict[str, int] = {}
-        for acct in accounts.values():
-            if acct.balance != running.get(acct.account_id, 0):
-                report.fail(
-                    f"account {acct.account_id!r}: balance {acct.balance} != sum of its entries "
-                    f"{running.get(acct.account_id, 0)}"
-                )
-            totals[acct.asset] = totals.get(acct.asset, 0) + acct.balance
-        for asset in set(totals) | set(issued):
-            if totals.get(asset, 0) != issued.get(asset, 0):
-                report.fail(f"asset {asset}: balances sum to {totals.get(asset, 0)}, issued minus redeemed is "
-                            f"{issued.get(asset, 0)}")
-        return report
+        running balances and floors, account balances and assets, checkpoints, and
+        conservation per asset. Names the first bad entry it finds. Reads the log in
+        chunks, so memory stays flat on a large ledger."""
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValidationError("chunk must be a positive integer", field="chunk")
+        return verify_ledger(self, progress, chunk)
 
     def require_valid(self) -> VerifyReport:
         report = self.verify()
@@ -971,19 +841,3 @@ class Ledger:
             raise IntegrityError("ledger does not verify: " + "; ".join(report.problems[:3]),
                                  first_bad_sequence=report.first_bad_sequence)
         return report
-
-
-def _all_accounts(tx: Transaction) -> Iterable[AccountRow]:
-    after: str | None = None
-    while True:
-        rows = tx.list_accounts(None, after, 10_000)
-        if not rows:
-            return
-        yield from rows
-        after = rows[-1].account_id
-
-
-def _check_limit(limit: object) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
-        raise ValidationError("limit must be an integer from 1 to 10000", field="limit")
-    return limit

@@ -23,11 +23,13 @@ __all__ = [
     "NodeGetter",
     "ProofError",
     "consistency_proof",
+    "created_by",
     "frontier_coords",
     "hash_children",
     "hash_leaf",
     "inclusion_proof",
     "needed_nodes",
+    "node_position",
     "root_from_inclusion_proof",
     "subtree_hash",
     "tree_root",
@@ -143,6 +145,22 @@ def frontier_coords(size: int) -> list[tuple[int, int]]:
             coords.append((level, start >> level))
             start += 1 << level
     return coords
+
+
+def created_by(leaf_index: int) -> list[tuple[int, int]]:
+    """The complete subtrees that appending leaf ``leaf_index`` creates, bottom up:
+    the leaf itself, then one parent for each trailing 1 bit of the index."""
+    top = ((leaf_index + 1) & -(leaf_index + 1)).bit_length() - 1
+    return [(level, leaf_index >> level) for level in range(top + 1)]
+
+
+def node_position(level: int, index: int) -> int:
+    """Where the node ``(level, index)`` falls in the order appends create nodes
+    (0, 1, 2, ...). A tree of ``n`` leaves has ``2n - popcount(n)`` nodes, all
+    created by appending leaves ``0..n-1`` in that order, so a store keyed by this
+    number only ever appends at its end."""
+    last_leaf = ((index + 1) << level) - 1
+    return 2 * last_leaf - last_leaf.bit_count() + level
 
 
 class Frontier:

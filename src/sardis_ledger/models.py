@@ -9,11 +9,11 @@ the entry alone.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from . import merkle
@@ -24,6 +24,7 @@ __all__ = [
     "Asset",
     "BalanceSnapshot",
     "EntrySpec",
+    "LazyReceipt",
     "LedgerBatch",
     "LedgerEntry",
     "LedgerEntryType",
@@ -34,14 +35,11 @@ __all__ = [
 ]
 
 
-class LedgerEntryType(str, Enum):
+class LedgerEntryType(StrEnum):
     """Direction of an entry on its account."""
 
     CREDIT = "credit"
     DEBIT = "debit"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +68,8 @@ class Account:
         return {
             "account_id": self.account_id,
             "asset": self.asset,
-            "balance": str(self.balance),
-            "overdraft_limit": str(self.overdraft_limit),
+            "balance": _plain(self.balance),
+            "overdraft_limit": _plain(self.overdraft_limit),
             "metadata": dict(self.metadata),
             "created_at": _iso(self.created_at),
         }
@@ -123,6 +121,70 @@ class Receipt:
         }
 
 
+_PROOF_SLOT = Receipt.__dict__["inclusion_proof"]
+_LEAF_HASH_SLOT = Receipt.__dict__["leaf_hash"]
+
+
+class LazyReceipt(Receipt):
+    """A :class:`Receipt` whose leaf hash text and audit path are produced on first
+    read. Bulk writes return thousands of entries per commit and most callers never
+    look at their proofs; building each path eagerly cost more than the write.
+    It compares, hashes, prints and pickles exactly like the eager receipt with the
+    same values (the proof is deterministic: stored nodes never change)."""
+
+    __slots__ = ("_leaf_digest", "_prover")
+    _leaf_digest: bytes
+    _prover: Callable[[int], tuple[str, ...]]
+
+    def __init__(
+        self, leaf_index: int, tree_size: int, root: str, leaf_digest: bytes, prover: Callable[[int], tuple[str, ...]]
+    ) -> None:
+        object.__setattr__(self, "leaf_index", leaf_index)
+        object.__setattr__(self, "tree_size", tree_size)
+        object.__setattr__(self, "root", root)
+        object.__setattr__(self, "_leaf_digest", leaf_digest)
+        object.__setattr__(self, "_prover", prover)
+
+    @property
+    def leaf_hash(self) -> str:
+        try:
+            value: str = _LEAF_HASH_SLOT.__get__(self)
+        except AttributeError:
+            value = self._leaf_digest.hex()
+            _LEAF_HASH_SLOT.__set__(self, value)
+        return value
+
+    @property
+    def inclusion_proof(self) -> tuple[str, ...]:
+        try:
+            value: tuple[str, ...] = _PROOF_SLOT.__get__(self)
+        except AttributeError:
+            value = self._prover(self.leaf_index)
+            _PROOF_SLOT.__set__(self, value)
+        return value
+
+    def resolved(self) -> Receipt:
+        return Receipt(self.leaf_index, self.tree_size, self.leaf_hash, self.root, self.inclusion_proof)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Receipt):
+            return _receipt_fields(self) == _receipt_fields(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(_receipt_fields(self))
+
+    def __repr__(self) -> str:
+        return repr(self.resolved())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Receipt, _receipt_fields(self))
+
+
+def _receipt_fields(r: Receipt) -> tuple[int, int, str, str, tuple[str, ...]]:
+    return (r.leaf_index, r.tree_size, r.leaf_hash, r.root, r.inclusion_proof)
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
     entry_id: str
@@ -158,9 +220,9 @@ class LedgerEntry:
             "batch_id": self.batch_id,
             "account_id": self.account_id,
             "asset": self.asset,
-            "amount": str(self.amount),
+            "amount": _plain(self.amount),
             "entry_type": self.entry_type.value,
-            "running_balance": str(self.running_balance),
+            "running_balance": _plain(self.running_balance),
             "created_at": _iso(self.created_at),
             "reference": self.reference,
             "metadata": dict(self.metadata),
@@ -252,8 +314,16 @@ class VerifyReport:
         }
 
 
+def _plain(value: Decimal) -> str:
+    """Decimal text without exponent notation, as in the entry's leaf (``1E-8`` -> ``0.00000001``)."""
+    return format(value, "f")
+
+
 def _iso(ts: datetime) -> str:
-    return ts.isoformat().replace("+00:00", "Z")
+    """The ledger's one timestamp form (as in leaves): UTC, microseconds, ``Z``."""
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(UTC)
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def canonical_json(value: Any) -> str:

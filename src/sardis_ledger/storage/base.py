@@ -121,6 +121,24 @@ class Transaction(ABC):
     def node_range(self, level: int, idx_from: int, idx_to: int) -> list[tuple[int, bytes]]:
         """Stored nodes of ``level`` with ``idx_from <= idx <= idx_to``, in order."""
 
+    # -- optional: defaults built on the methods above; override when a backend can do better
+
+    def insert_batches(self, rows: Sequence[BatchRow]) -> None:
+        """Several batch rows at once (a bulk write appends one per transfer)."""
+        for row in rows:
+            self.insert_batch(row)
+
+    def nodes_created_by(self, start: int, end: int) -> dict[tuple[int, int], bytes]:
+        """Stored nodes that appending leaves ``start..end-1`` created (what ``verify``
+        compares a chunk of entries against), keyed by ``(level, index)``."""
+        out: dict[tuple[int, int], bytes] = {}
+        for level in range(0, max(1, end.bit_length()) + 1):
+            lo = max(((start + (1 << level)) >> level) - 1, 0)
+            hi = (end >> level) - 1
+            if hi >= lo:
+                out.update({(level, i): h for i, h in self.node_range(level, lo, hi)})
+        return out
+
 
 class Storage(ABC):
     """A place to keep one ledger. Chosen by URL; see :func:`open_storage`."""

@@ -9,13 +9,16 @@ power loss at some cost per commit.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import StorageError
+from ..errors import RetryableStorageError, StorageError
+from ..merkle import created_by, node_position
 from ..records import AccountRow, BatchRow, EntryRow, HeadRow
 from .base import EntryQuery, Storage, Transaction
 
@@ -24,7 +27,9 @@ __all__ = ["SQLiteStorage"]
 _APPEND_ONLY = ("entries", "batches", "nodes", "checkpoints", "assets")
 
 MIGRATIONS: list[str] = [
-    # 1: the initial schema
+    # 1: the initial schema. Every table is laid out so that a commit appends near
+    # the right edge of each B-tree (sequence numbers, node positions, time-ordered
+    # ids): one writer touches a handful of pages per commit, however large the log.
     """
     CREATE TABLE assets (code TEXT PRIMARY KEY, scale INTEGER NOT NULL) WITHOUT ROWID;
     CREATE TABLE accounts (
@@ -41,11 +46,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX entries_reference ON entries (reference, seq) WHERE reference IS NOT NULL;
     CREATE TABLE batches (
         batch_id TEXT PRIMARY KEY, first_seq INTEGER NOT NULL, count INTEGER NOT NULL,
-        created_at TEXT NOT NULL, reverses TEXT UNIQUE, reason TEXT,
-        idempotency_key TEXT UNIQUE, request_hash TEXT
+        created_at TEXT NOT NULL, reverses TEXT, reason TEXT,
+        idempotency_key TEXT, request_hash TEXT
     ) WITHOUT ROWID;
-    CREATE TABLE nodes (level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
-        PRIMARY KEY (level, idx)) WITHOUT ROWID;
+    CREATE UNIQUE INDEX batches_reverses ON batches (reverses) WHERE reverses IS NOT NULL;
+    CREATE UNIQUE INDEX batches_idempotency ON batches (idempotency_key) WHERE idempotency_key IS NOT NULL;
+    CREATE TABLE nodes (pos INTEGER PRIMARY KEY, hash BLOB NOT NULL);
     CREATE TABLE tree_head (id INTEGER PRIMARY KEY CHECK (id = 1), size INTEGER NOT NULL,
         root BLOB NOT NULL, updated_at TEXT NOT NULL);
     CREATE TABLE checkpoints (seq INTEGER PRIMARY KEY, balances TEXT NOT NULL);
@@ -67,6 +73,7 @@ _ENTRY_COLS = (
 )
 _ACCOUNT_COLS = "account_id, asset, balance, overdraft_limit, metadata, created_at"
 _BATCH_COLS = "batch_id, first_seq, count, created_at, reverses, reason, idempotency_key, request_hash"
+_CHUNK = 500  # bound parameters per IN (...) query, well under SQLite's limit
 _EMPTY_ROOT = bytes.fromhex("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
 
 
@@ -86,11 +93,14 @@ class SQLiteTransaction(Transaction):
         return dict(self.c.execute("SELECT code, scale FROM assets").fetchall())
 
     def get_accounts(self, account_ids: Sequence[str]) -> dict[str, AccountRow]:
+        # SQLite has no row locks: the write transaction already holds the database lock.
         ids = sorted(set(account_ids))
-        if not ids:
-            return {}
-        q = f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE account_id IN ({','.join('?' * len(ids))})"
-        return {r[0]: AccountRow(*r) for r in self.c.execute(q, ids)}
+        out: dict[str, AccountRow] = {}
+        for i in range(0, len(ids), _CHUNK):
+            chunk = ids[i : i + _CHUNK]
+            q = f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE account_id IN ({','.join('?' * len(chunk))})"
+            out.update((r[0], AccountRow(*r)) for r in self.c.execute(q, chunk))
+        return out
 
     def list_accounts(self, prefix: str | None, after: str | None, limit: int) -> list[AccountRow]:
         sql = f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE account_id > ?"
@@ -106,14 +116,13 @@ class SQLiteTransaction(Transaction):
         return dict(self.c.execute("SELECT account_id, balance FROM accounts").fetchall())
 
     def get_nodes(self, coords: Iterable[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        by_pos = {node_position(level, idx): (level, idx) for level, idx in coords}
+        wanted = list(by_pos)
         out: dict[tuple[int, int], bytes] = {}
-        wanted = list(coords)
-        for i in range(0, len(wanted), 400):
-            chunk = wanted[i : i + 400]
-            cond = " OR ".join("(level = ? AND idx = ?)" for _ in chunk)
-            args = [v for c in chunk for v in c]
-            for level, idx, h in self.c.execute(f"SELECT level, idx, hash FROM nodes WHERE {cond}", args):
-                out[(level, idx)] = bytes(h)
+        for i in range(0, len(wanted), _CHUNK):
+            chunk = wanted[i : i + _CHUNK]
+            q = f"SELECT pos, hash FROM nodes WHERE pos IN ({','.join('?' * len(chunk))})"
+            out.update((by_pos[pos], bytes(h)) for pos, h in self.c.execute(q, chunk))
         return out
 
     def get_batch(self, batch_id: str) -> BatchRow | None:
@@ -171,16 +180,23 @@ class SQLiteTransaction(Transaction):
         return lo
 
     def checkpoint_at_or_before(self, seq: int) -> tuple[int, dict[str, int]] | None:
-        import json
-
         r = self.c.execute(
             "SELECT seq, balances FROM checkpoints WHERE seq <= ? ORDER BY seq DESC LIMIT 1", (seq,)
         ).fetchone()
         return (r[0], json.loads(r[1])) if r else None
 
     def node_range(self, level: int, idx_from: int, idx_to: int) -> list[tuple[int, bytes]]:
-        q = "SELECT idx, hash FROM nodes WHERE level = ? AND idx >= ? AND idx <= ? ORDER BY idx"
-        return [(i, bytes(h)) for i, h in self.c.execute(q, (level, idx_from, idx_to))]
+        found = self.get_nodes([(level, i) for i in range(idx_from, idx_to + 1)])
+        return [(i, found[(level, i)]) for i in range(idx_from, idx_to + 1) if (level, i) in found]
+
+    def nodes_created_by(self, start: int, end: int) -> dict[tuple[int, int], bytes]:
+        # Nodes are keyed by creation order, so this is one range scan.
+        if end <= start:
+            return {}
+        coords = [c for leaf in range(start, end) for c in created_by(leaf)]
+        first = node_position(*coords[0])
+        q = "SELECT pos, hash FROM nodes WHERE pos >= ? AND pos < ? ORDER BY pos"
+        return {coords[pos - first]: bytes(h) for pos, h in self.c.execute(q, (first, first + len(coords)))}
 
     def insert_asset(self, code: str, scale: int) -> None:
         self.c.execute("INSERT INTO assets (code, scale) VALUES (?, ?)", (code, scale))
@@ -197,10 +213,13 @@ class SQLiteTransaction(Transaction):
         )
 
     def insert_batch(self, row: BatchRow) -> None:
-        self.c.execute(
+        self.insert_batches([row])
+
+    def insert_batches(self, rows: Sequence[BatchRow]) -> None:
+        self.c.executemany(
             f"INSERT INTO batches ({_BATCH_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (row.batch_id, row.first_seq, row.count, row.created_at, row.reverses, row.reason,
-             row.idempotency_key, row.request_hash),
+            [(r.batch_id, r.first_seq, r.count, r.created_at, r.reverses, r.reason, r.idempotency_key,
+              r.request_hash) for r in rows],
         )
 
     def insert_entries(self, rows: Sequence[EntryRow]) -> None:
@@ -214,7 +233,9 @@ class SQLiteTransaction(Transaction):
         )
 
     def insert_nodes(self, nodes: Sequence[tuple[int, int, bytes]]) -> None:
-        self.c.executemany("INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
+        self.c.executemany(
+            "INSERT INTO nodes (pos, hash) VALUES (?, ?)", [(node_position(lv, ix), h) for lv, ix, h in nodes]
+        )
 
     def set_head(self, head: HeadRow) -> None:
         self.c.execute(
@@ -225,8 +246,6 @@ class SQLiteTransaction(Transaction):
         )
 
     def insert_checkpoint(self, seq: int, balances: Mapping[str, int]) -> None:
-        import json
-
         self.c.execute(
             "INSERT INTO checkpoints (seq, balances) VALUES (?, ?)",
             (seq, json.dumps(dict(balances), separators=(",", ":"))),
@@ -235,6 +254,10 @@ class SQLiteTransaction(Transaction):
 
 class SQLiteStorage(Storage):
     """``sqlite:///relative.db``, ``sqlite:////abs/path.db``, or a plain ``.db`` path."""
+
+    cache_kib = 32_768
+    """Page cache per connection. The default 2 MiB misses on a large ledger's hot
+    index pages (one per active account); this stays well inside the memory budget."""
 
     def __init__(self, path: str | Path, *, synchronous: str = "NORMAL", url: str | None = None) -> None:
         self.path = str(path)
@@ -265,24 +288,32 @@ class SQLiteStorage(Storage):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute(f"PRAGMA cache_size=-{self.cache_kib}")
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-            current = row[0] or 0
-            for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
-                for statement in _split_sql(script):
-                    conn.execute(statement)
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+                current = row[0] or 0
+                if current > len(MIGRATIONS):
+                    raise StorageError(
+                        f"{self.path!r} has schema version {current}; this sardis_ledger knows {len(MIGRATIONS)}"
+                    )
+                for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+                    for statement in _split_sql(script):
+                        conn.execute(statement)
+                    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot prepare SQLite database {self.path!r}: {exc}") from exc
 
     @contextmanager
     def transaction(self, *, write: bool) -> Iterator[Transaction]:
@@ -290,28 +321,39 @@ class SQLiteStorage(Storage):
         try:
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         except sqlite3.Error as exc:
-            raise StorageError(f"SQLite could not begin a transaction: {exc}") from exc
+            raise _translate(exc, "begin a transaction") from exc
         try:
             yield SQLiteTransaction(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise _translate(exc, "run a statement") from exc
             raise
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise StorageError(f"SQLite commit failed: {exc}") from exc
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise _translate(exc, "commit") from exc
 
     def close(self) -> None:
         with self._all_lock:
             for conn in self._all:
-                try:
+                with contextlib.suppress(sqlite3.Error):
                     conn.close()
-                except sqlite3.Error:
-                    pass
             self._all.clear()
         self._local = threading.local()
+
+
+def _translate(exc: sqlite3.Error, doing: str) -> StorageError:
+    """sqlite3's errors at the boundary: a busy/locked database is transient (the
+    transaction rolled back; the engine retries), anything else is a storage failure."""
+    text = str(exc).lower()
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+        return RetryableStorageError(f"SQLite could not {doing}: {exc}")
+    return StorageError(f"SQLite could not {doing}: {exc}")
 
 
 def _split_sql(script: str) -> list[str]:

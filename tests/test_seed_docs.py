@@ -345,8 +345,13 @@ def _bash_script(code: str, *, base_url: str | None = None, tmp: Path) -> str:
                 "exit 98; fi; fi"
             )
         out.append(line)
-    out.append("wait")  # an unquoted & in a URL backgrounds curl: let it finish before judging
+    # An unquoted & in a URL backgrounds curl: wait for each job so its failure counts too.
+    out.append(_WAIT_JOBS)
     return "\n".join(out) + "\n"
+
+
+_WAIT_JOBS = 'for job in $(jobs -p); do wait "$job"; done'
+
 
 
 def _run_bash(script: str, *, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -385,7 +390,7 @@ def run_shell(block: Block, tmp: Path) -> None:
 def run_server(block: Block, tmp: Path) -> None:
     """Start the block's server on a free loopback port; it must answer GET /accounts."""
     port = _free_port()
-    script = _bash_script(block.code, tmp=tmp).replace("\nwait\n", "\n")
+    script = _bash_script(block.code, tmp=tmp).replace(_WAIT_JOBS, "")
     script = script.replace("--host 0.0.0.0", "--host 127.0.0.1")
     script = re.sub(r"--port\s+8000\b", f"--port {port}", script)
     package_dir = REPO / "src" / "mesh_fake_ledger"

@@ -519,15 +519,21 @@ def serve(
     _config(opts)  # the same checks as every command: one of --ledger / --database-url
     from .api import serve as serve_api  # FastAPI and uvicorn load only when serving
 
-    serve_api(
-        host,
-        port,
-        workers=workers,
-        database_url=opts.database_url,
-        ledger_path=None if opts.ledger is None else str(opts.ledger),
-        insecure=insecure,
-        api_keys_file=None if api_keys_file is None else str(api_keys_file),
-    )
+    try:
+        serve_api(
+            host,
+            port,
+            workers=workers,
+            database_url=opts.database_url,
+            ledger_path=None if opts.ledger is None else str(opts.ledger),
+            insecure=insecure,
+            api_keys_file=None if api_keys_file is None else str(api_keys_file),
+        )
+    except SystemExit as exc:  # uvicorn exits on a failed start (port taken, bad app): say so in our terms
+        if exc.code not in (0, None):
+            message = f"the HTTP server on {host}:{port} stopped (uvicorn exit code {exc.code}; see its log)"
+            raise OSError(message) from None
+        raise
 
 
 # --------------------------------------------------------------------------- demo

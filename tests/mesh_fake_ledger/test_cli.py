@@ -420,6 +420,24 @@ def test_serve_answers_http(url: str, tmp_path: Path) -> None:
     assert balances(url) == {"alice": 5}
 
 
+def test_serve_on_a_taken_port_exits_3_with_a_message(url: str, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        proc = cli("serve", "--port", port, "--database-url", url, cwd=tmp_path, expect=FAILURE)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "error:" in last
+    assert port in last
+
+
+def test_serve_refuses_a_public_interface_without_keys(url: str, tmp_path: Path) -> None:
+    proc = cli("serve", "--host", "0.0.0.0", "--port", "0", "--database-url", url, cwd=tmp_path, expect=USAGE)
+    assert "API keys" in error_line(proc)
+
+
 def test_demo_runs_the_tour_and_stops_its_server(tmp_path: Path) -> None:
     out = cli("demo", cwd=tmp_path, timeout=120).stdout
     assert "402" in out

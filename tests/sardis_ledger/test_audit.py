@@ -16,8 +16,8 @@ import pytest
 from sardis_ledger import (
     AuditTrail,
     ImmutableConfig,
-    LedgerEntryType,
     LedgerEngine,
+    LedgerEntryType,
     VerificationStatus,
     create_audit_trail,
     verifier,

@@ -70,6 +70,7 @@ def pg_url() -> Iterator[str]:
 BACKENDS = [
     "memory",
     "sqlite",
+    "json",
     pytest.param("postgresql", marks=pytest.mark.postgres),
 ]
 

@@ -494,6 +494,7 @@ class PostgresStorage(Storage):
                     migrate(conn)
         except psycopg.Error as exc:
             raise StorageError(f"cannot open PostgreSQL ledger at {self._where}: {exc}") from exc
+        self.idle_check_seconds = _IDLE_PING_SECONDS
         self._last_used: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
@@ -523,7 +524,7 @@ class PostgresStorage(Storage):
                 raise _translate(exc, None, f"connection to {self._where}") from exc
             with self._lock:
                 last = self._last_used.get(conn, 0.0)
-            if time.monotonic() - last < _IDLE_PING_SECONDS:
+            if time.monotonic() - last < self.idle_check_seconds:
                 return conn
             try:
                 conn.execute("SELECT 1")

@@ -136,6 +136,7 @@ class AuditReportOut(BaseModel):
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "Missing or invalid API key"},
     403: {"model": ErrorOut, "description": "The key lacks the scope"},
+    404: {"model": ErrorOut, "description": "No such transfer"},
     422: {"model": ErrorOut, "description": "Invalid input"},
     500: {"model": ErrorOut, "description": "Stored history does not verify (integrity_error)"},
     503: {"model": ErrorOut, "description": "Storage unavailable; retry"},

@@ -39,6 +39,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
@@ -203,11 +204,14 @@ def _stdout(*, stderr: bool = False) -> Console:
 
 
 def _jsonable(value: Any) -> Any:
+    """JSON for what records and error details carry; amounts stay exact (never floats)."""
     if isinstance(value, Decimal):
         return json_amount(value)
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)  # never fail while reporting (an error body must always render)
 
 
 def _dump(data: Any) -> str:

@@ -230,19 +230,21 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _stop(proc: subprocess.Popen[str]) -> str:
-    """Stop a process group started with ``start_new_session`` and return its output."""
-    if proc.poll() is None:
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """Stop the whole process group (a shell's children too), politely then firmly."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, sig)
         try:
-            out, _ = proc.communicate(timeout=15)
-            return out or ""
+            proc.wait(timeout=15)
+            return
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-    out, _ = proc.communicate(timeout=15)
-    return out or ""
+            continue
+
+
+def _log_of(proc: subprocess.Popen[str]) -> str:
+    log = getattr(proc, "log_path", None)
+    return Path(log).read_text(errors="replace")[-2000:] if log and Path(log).exists() else ""
 
 
 def _wait_http(proc: subprocess.Popen[str], port: int) -> str | None:
@@ -253,7 +255,7 @@ def _wait_http(proc: subprocess.Popen[str], port: int) -> str | None:
     last = "no answer"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            return f"server exited with {proc.returncode}: {_stop(proc)[-2000:]}"
+            return f"server exited with {proc.returncode}: {_log_of(proc)}"
         try:
             response = httpx.get(f"http://127.0.0.1:{port}/accounts", timeout=2.0)
         except httpx.TransportError as exc:
@@ -263,14 +265,19 @@ def _wait_http(proc: subprocess.Popen[str], port: int) -> str | None:
         if response.status_code == 200:
             return None
         return f"GET /accounts answered {response.status_code}: {response.text[:500]}"
-    return f"server did not answer on port {port} within {SERVER_START_TIMEOUT} s ({last})"
+    return f"server did not answer on port {port} within {SERVER_START_TIMEOUT} s ({last}): {_log_of(proc)}"
 
 
 @contextlib.contextmanager
 def _process(cmd: list[str], *, cwd: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(  # own process group: a shell's children are stopped with it
-        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
+    """A server process in its own group, its output in a file (a pipe nobody reads
+    would fill and stall it)."""
+    log_path = cwd / f"server-{time.monotonic_ns()}.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+    proc.log_path = log_path  # type: ignore[attr-defined]
     try:
         yield proc
     finally:

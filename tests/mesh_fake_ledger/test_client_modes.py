@@ -130,7 +130,7 @@ def test_holds_capture_void_and_expiry(client: LedgerClient, ids: Callable[[str]
     done = client.capture(hold["hold_id"], 12)
     assert (done["status"], done["captured"], done["released"]) == ("captured", 12, 18)
     assert client.capture(hold["hold_id"], 12)["settlement_id"] == done["settlement_id"]  # retried capture
-    assert (client.get_balance(payer), client.get_balance(provider)) == (88, 12)
+    assert (client.get_balance(payer), client.get_balance(provider)) == (Decimal(88), Decimal(12))
     with pytest.raises(HoldError):
         client.void(hold["hold_id"])
     with pytest.raises(HoldError):

@@ -45,13 +45,13 @@ def escrow_total(svc: LedgerService) -> Decimal:
 
 def test_hold_capture_partial_and_void(service: LedgerService) -> None:
     hold = service.hold("alice", 40, "provider", "job-1")
-    assert (service.get_balance("alice"), escrow_total(service)) == (60, 40)
+    assert (service.get_balance("alice"), escrow_total(service)) == (Decimal(60), Decimal(40))
     with pytest.raises(ValidationError):
         service.capture(hold["hold_id"], 41)
     done = service.capture(hold["hold_id"], "12.5")
     assert (done["captured"], done["released"], done["status"]) == ("12.5", "27.5", "captured")
     assert (service.get_balance("alice"), service.get_balance("provider"), escrow_total(service)) == (
-        Decimal("87.5"), Decimal("12.5"), 0)
+        Decimal("87.5"), Decimal("12.5"), Decimal(0))
     settlement = service.get_transfer(done["settlement_id"])
     assert (settlement["kind"], settlement["to_account"], settlement["amount"], settlement["released"]) == (
         "hold_capture", "provider", "12.5", "27.5")

@@ -41,7 +41,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-def test_no_server_errors_and_no_schema_violations(case: schemathesis.Case) -> None:
+def test_no_server_errors_and_no_schema_violations(case: schemathesis.Case[Any]) -> None:
     case.call_and_validate(checks=[not_a_server_error, status_code_conformance, content_type_conformance,
                                    response_schema_conformance])
 

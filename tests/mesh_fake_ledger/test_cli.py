@@ -513,3 +513,36 @@ def test_demo_json(url: str, tmp_path: Path) -> None:
     assert 402 in statuses
     assert all(200 <= s < 300 for s in statuses if s != 402)
     assert balances(url)["alice"] == 120
+
+
+def test_demo_keep_serving_until_interrupted(tmp_path: Path) -> None:
+    import signal
+
+    import httpx
+
+    with subprocess.Popen(
+        [sys.executable, "-m", "mesh_fake_ledger", "demo", "--keep-serving"],
+        cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    ) as proc:
+        try:
+            assert proc.stderr is not None
+            line = proc.stderr.readline()  # printed once the tour is done
+            found = re.search(r"http://127\.0\.0\.1:\d+", line)
+            assert found, line
+            assert httpx.get(f"{found.group(0)}/accounts").status_code == 200
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == OK
+            assert "Traceback" not in proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{found.group(0)}/accounts", timeout=2.0)
+
+
+@pytest.mark.postgres
+def test_postgresql_database_url(pg_url: str, tmp_path: Path) -> None:
+    cli("create-account", "alice", "--balance", "2.5", "--database-url", pg_url, cwd=tmp_path)
+    out = cli("--database-url", pg_url, "--json", "balance", "alice", cwd=tmp_path).stdout
+    assert json.loads(out) == {"account_id": "alice", "balance": "2.5"}

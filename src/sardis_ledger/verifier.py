@@ -336,13 +336,16 @@ class VerifiedEntry:
 
 
 def verify_inclusion_bundle(bundle: Mapping[str, Any], keys: PublicKeys, *, origin: str | None = None,
-                            tracker: TreeHeadTracker | None = None) -> list[VerifiedEntry]:
+                            tracker: TreeHeadTracker | None = None,
+                            fetch_proof: Callable[[int, int], Sequence[str]] | None = None) -> list[VerifiedEntry]:
     """Verify an inclusion bundle end to end and return the proven entries.
 
     Checks: the head's signature; the consistency proof from ``tree_size`` to the
     signed head; each entry's leaf bytes against its hash, its sequence against
     its position, and its inclusion proof against the root of ``tree_size``.
-    With a ``tracker``, the signed head must also extend the head it holds.
+    With a ``tracker``, the signed head must also extend the head it holds (a
+    larger head needs ``fetch_proof``, as in :meth:`TreeHeadTracker.update`), and
+    the tracker moves on to it once everything else checks.
     """
     if not isinstance(bundle, Mapping):
         raise VerificationError("an inclusion bundle is a JSON object", "malformed")
@@ -353,8 +356,6 @@ def verify_inclusion_bundle(bundle: Mapping[str, Any], keys: PublicKeys, *, orig
         raise VerificationError(f"proof is for size {size}, beyond the signed head {sth.tree_size}", "tree_size")
     verify_consistency(size, sth.tree_size, root, _unhex(sth.root, "signed root"),
                        _hashes(bundle.get("consistency_proof", []), "consistency proof"))
-    if tracker is not None:
-        tracker.check(sth)
     entries = bundle.get("entries")
     if not isinstance(entries, list) or not entries:
         raise VerificationError("bundle has no entries", "malformed")
@@ -379,6 +380,8 @@ def verify_inclusion_bundle(bundle: Mapping[str, Any], keys: PublicKeys, *, orig
             raise VerificationError(f"leaf {index} claims sequence {seq!r}; its position is {index + 1}", "leaf")
         verify_inclusion(index, size, lh, _hashes(item.get("inclusion_proof"), "inclusion proof"), root)
         out.append(VerifiedEntry(seq, index, fields, size, sth))
+    if tracker is not None:
+        tracker.update(sth, fetch_proof)
     return out
 
 

@@ -187,6 +187,14 @@ def test_consistency_proofs_and_the_client(ledger: Ledger, tmp_path: Path) -> No
     client.update(ev.signed_tree_head(), lambda old, new: ev.consistency_proof(old, new)["proof"])
     assert client.head is not None
     assert client.head.tree_size == 7
+    ledger.transfer("alice", "erin", 1)
+    bundle = ev.inclusion_proof(8)
+    with pytest.raises(VerificationError, match="consistency proof is needed"):
+        verifier.verify_inclusion_bundle(bundle, keys, tracker=client)
+    assert client.head.tree_size == 7
+    verifier.verify_inclusion_bundle(bundle, keys, tracker=client,
+                                     fetch_proof=lambda old, new: ev.consistency_proof(old, new)["proof"])
+    assert client.head.tree_size == 9  # the client moved on to the head it just verified
 
 
 def test_memory_ledger_gets_in_memory_keys() -> None:

@@ -58,7 +58,16 @@ from mesh_fake_ledger.security import ANONYMOUS_ADMIN, KeyStore, Principal, is_l
 from sardis_ledger.amounts import parse_amount
 from sardis_ledger.errors import AuthError, LedgerError, ValidationError, json_amount
 
-__all__ = ["MAX_BODY_BYTES", "app", "create_app", "get_principal", "get_service", "serve"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "PrincipalDep",
+    "ServiceDep",
+    "app",
+    "create_app",
+    "get_principal",
+    "get_service",
+    "serve",
+]
 
 log = logging.getLogger("mesh_fake_ledger.api")
 

@@ -59,6 +59,16 @@ from .models import (
     TreeHead,
     VerifyReport,
 )
+from .reconciliation import (
+    ChainProvider,
+    ChainProviderError,
+    ChainTransfer,
+    Discrepancy,
+    DiscrepancyType,
+    ReconciliationEngine,
+    ReconciliationMatch,
+    ReconciliationReport,
+)
 from .signing import Keyring
 from .verifier import SignedTreeHead, TreeHeadTracker, VerificationError
 
@@ -79,7 +89,12 @@ __all__ = [
     "AuthError",
     "BalanceSnapshot",
     "BatchNotFoundError",
+    "ChainProvider",
+    "ChainProviderError",
+    "ChainTransfer",
     "CrossCheckReport",
+    "Discrepancy",
+    "DiscrepancyType",
     "EntrySpec",
     "Evidence",
     "HoldError",
@@ -104,6 +119,9 @@ __all__ = [
     "PaymentRequiredError",
     "ProofVerificationError",
     "Receipt",
+    "ReconciliationEngine",
+    "ReconciliationMatch",
+    "ReconciliationReport",
     "RetryableStorageError",
     "SignedTreeHead",
     "StorageError",

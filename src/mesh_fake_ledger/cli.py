@@ -313,6 +313,11 @@ def create_account(
     _check_ids(account_id=account_id)
     _check_amount(balance, "balance", allow_zero=True)
     with open_service(opts) as service:
+        # LedgerService.create_account opens the account before it checks the initial
+        # amount against the asset's scale and range: check them first, so a refused
+        # --balance never leaves an empty account behind.
+        asset = service.ledger.get_asset(service.ledger.default_asset.code)
+        parse_amount(balance, asset.scale, field="balance", allow_zero=True)
         account = service.create_account(account_id, initial_balance=balance)
     emit(
         opts,

@@ -386,6 +386,14 @@ def test_usage_errors_exit_2_with_one_line(args: list[str], funded: str, inproc:
     assert state(funded) == before
 
 
+@pytest.mark.parametrize("balance", ["0.30000000000000004", "1e15", "0.0000001"])
+def test_refused_initial_balance_creates_no_account(balance: str, funded: str, inproc: Run) -> None:
+    before = state(funded)
+    line = error_line(inproc("create-account", "bob", "--balance", balance, "--database-url", funded, expect=USAGE))
+    assert "balance" in line
+    assert state(funded) == before
+
+
 @pytest.mark.parametrize(
     ("args", "expect", "message"),
     [

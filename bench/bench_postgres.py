@@ -98,7 +98,8 @@ def _run_processes(target: Any, args_for: list[tuple[Any, ...]], seconds: float)
     errors = [r for r in results if isinstance(r, str)]
     if errors:
         raise RuntimeError(f"a benchmark process failed: {errors[0]}")
-    return sum(n for n, _ in results) / max(el for _, el in results)
+    done: list[tuple[int, float]] = results
+    return sum(n for n, _ in done) / max(el for _, el in done)
 
 
 def _engine_writer(url: str, accounts: int, seed: int, seconds: float, ready: Any, go: Any, out: Any) -> None:

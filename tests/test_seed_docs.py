@@ -493,6 +493,32 @@ FUNDING: dict[str, dict[str, str]] = {
 }
 """Balances a block assumes (it debits an account it never credits), set up first."""
 
+@contextlib.contextmanager
+def _chain_with_one_deposit(ctx: Ctx, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The reconciliation block's chain: a JSON-RPC peer on 127.0.0.1 (the chain is
+    to it what the database URL is to the other blocks) with one USDC transfer in
+    the block range, booked in the ledger as a deposit to acc_123."""
+    from chain_rpc_peer import ChainRpcPeer, address, tx_hash
+
+    with ChainRpcPeer(chain_id=8453) as peer:
+        peer.add_transfer(
+            tx_hash(1), log_index=0, block=1_000_100, sender=address(0xB0B), receiver=address(0xA11CE),
+            value=25_000_000,
+        )
+        monkeypatch.setenv("SARDIS_CHAIN_RPC_URL", peer.url)
+        _fund(
+            ctx.url,
+            {"acc_123": "25"},
+            metadata={"tx_hash": tx_hash(1), "log_index": 0, "chain": "base", "block_number": 1_000_100},
+        )
+        yield
+
+
+ENVIRONMENT: dict[str, Callable[[Ctx, pytest.MonkeyPatch], contextlib.AbstractContextManager[None]]] = {
+    "sardis_ledger/blockchain-reconciliation": _chain_with_one_deposit,
+}
+"""Services a block talks to besides the ledger, set up around it."""
+
 EXPECT: dict[str, list[str]] = {
     "mesh_fake_ledger/python-api-usage": [
         r"Transfer completed: \S+",
@@ -503,7 +529,7 @@ EXPECT: dict[str, list[str]] = {
     "sardis_ledger/quick-start": [r"Entry ID: \S+", r"Balance: 100\.50?\b", r"Merkle Root: [0-9a-f]{64}"],
     "sardis_ledger/ledger-operations": [r"Current balance: 400(\.0+)?\b"],
     "sardis_ledger/batch-processing": [r"Batch ID: \S+", r"Entries: 2\b"],
-    "sardis_ledger/blockchain-reconciliation": [r"Matched: \d+", r"Discrepancies: \d+"],
+    "sardis_ledger/blockchain-reconciliation": [r"Matched: 1\b", r"Discrepancies: 0\b"],
     "sardis_ledger/immutable-audit-trail-with-immudb": [r"Verified at: \S+", r"Merkle proof: "],
     "sardis_ledger/hybrid-ledger-postgresql-immudb": [r"PostgreSQL ID: \S+", r"immudb TX: \S+"],
 }
@@ -544,12 +570,12 @@ async def _namespace(block: Block, tree: ast.AST, ctx: Ctx) -> dict[str, Any]:
     return ns
 
 
-def _fund(url: str, balances: dict[str, str]) -> None:
+def _fund(url: str, balances: dict[str, str], metadata: dict[str, Any] | None = None) -> None:
     from sardis_ledger import Ledger
 
     with Ledger(url) as ledger:
         for account, value in balances.items():
-            ledger.create_entry(account, Decimal(value), "credit", reference="doc-runner funding")
+            ledger.create_entry(account, Decimal(value), "credit", reference="doc-runner funding", metadata=metadata)
 
 
 async def _close_all(ns: dict[str, Any], ctx: Ctx) -> None:
@@ -566,7 +592,9 @@ async def _close_all(ns: dict[str, Any], ctx: Ctx) -> None:
                 await result
 
 
-def run_python(block: Block, url: str, tmp: Path, base_url: str | None = None) -> dict[str, Any]:
+def run_python(
+    block: Block, url: str, tmp: Path, base_url: str | None = None, monkeypatch: pytest.MonkeyPatch | None = None
+) -> dict[str, Any]:
     """Run a python block as written (top-level await allowed) and return its namespace."""
     source = block.code.replace('"postgresql://..."', repr(url))
     if base_url:
@@ -576,6 +604,16 @@ def run_python(block: Block, url: str, tmp: Path, base_url: str | None = None) -
     if block.id in FUNDING:
         _fund(url, FUNDING[block.id])
     ctx = Ctx(url, tmp)
+    with contextlib.ExitStack() as stack:
+        if block.id in ENVIRONMENT:
+            assert monkeypatch is not None
+            stack.enter_context(ENVIRONMENT[block.id](ctx, monkeypatch))
+        return _execute(block, tree, code, ctx)
+
+
+def _execute(block: Block, tree: ast.AST, code: Any, ctx: Ctx) -> dict[str, Any]:
+    """Async blocks run in one event loop with their prelude; sync blocks outside any
+    loop (a sync API may start its own)."""
 
     async def run_async() -> dict[str, Any]:
         ns = await _namespace(block, tree, ctx)
@@ -755,7 +793,7 @@ def test_seed_block(
         if backend is not None:
             monkeypatch.setenv("LEDGER_DATABASE_URL", url)  # a block that names no database uses the default
         server = request.getfixturevalue("http_server") if kind == "python-http" else None
-        ns = run_python(block, url, tmp_path, base_url=server.require() if server else None)
+        ns = run_python(block, url, tmp_path, base_url=server.require() if server else None, monkeypatch=monkeypatch)
         if block.id in APP_CHECKS:
             try:
                 APP_CHECKS[block.id](ns)

@@ -65,6 +65,10 @@ _SWEEP_SKEW = 60.0
 """Seconds by which a hold may commit after a sweep passed its expiry key (slow
 commit, clock skew between hosts); the sweep re-reads that window now and then."""
 _SWEEP_DEEP_EVERY = 10.0
+_SWEEP_MIN_INTERVAL = 0.02
+"""Lazy sweeps run at most this often (seconds) per process: expired funds return
+to payers within this long of expiry, and a busy server does not pay a read per call.
+Captures check expiry themselves, exactly."""
 _REFUND_ATTEMPTS = 50
 
 
@@ -79,6 +83,7 @@ class HoldsAndRefunds:
         self._swept_to: str | None = None
         self._last_deep = 0.0
         self._retry_release: set[str] = set()
+        self._last_sweep = -_SWEEP_MIN_INTERVAL
 
     def _user_account(self, account_id: object, field_name: str = "account_id") -> str:
         raise NotImplementedError
@@ -122,7 +127,7 @@ class HoldsAndRefunds:
         job = check_job_id(job_id)
         seconds = check_timeout(timeout, self.config.hold_timeout)
         meta_note = note_meta(note)
-        self.release_expired_holds(deep=False)
+        self._sweep_lazily()
         if job is not None:
             existing = self._hold_for_job(job)
             if existing is not None:
@@ -287,6 +292,10 @@ class HoldsAndRefunds:
             self._settle(state, "hold_void", Decimal(0))
         return self._hold_state(hold_id)
 
+    def _sweep_lazily(self) -> None:
+        if time.monotonic() - self._last_sweep >= _SWEEP_MIN_INTERVAL:
+            self.release_expired_holds(deep=False)
+
     def release_expired_holds(self, *, deep: bool = True) -> int:
         """Return the funds of every expired, unsettled hold to its payer; the number
         released. Runs lazily before balance, charge and hold operations, so callers
@@ -298,6 +307,7 @@ class HoldsAndRefunds:
         ``deep`` sweeps re-read the last minute for holds that committed late.
         """
         with self._sweep_lock:
+            self._last_sweep = time.monotonic()
             now = time.time()
             now_dt = datetime.fromtimestamp(now, UTC)
             hi = HOLD_PREFIX + expiry_key(now_dt) + "~"
@@ -308,16 +318,18 @@ class HoldsAndRefunds:
             elif after is None:
                 self._last_deep = now
             candidates = set(self._retry_release)
-            for _ in range(100_000):  # bounded: pages of expired escrow accounts
-                page = self.ledger.list_accounts(prefix=HOLD_PREFIX, after=after, limit=64)
+            size = 16 if after == self._swept_to else 1000  # the usual sweep reads a few rows
+            for _ in range(1_000_000):  # bounded: pages of expired escrow accounts
+                page = self.ledger.list_accounts(prefix=HOLD_PREFIX, after=after, limit=size)
                 for acct in page:
                     if acct.account_id > hi:
                         break
                     if acct.balance > 0:
                         candidates.add(acct.account_id[len(HOLD_PREFIX):])
-                if len(page) < 64 or page[-1].account_id > hi:
+                if len(page) < size or page[-1].account_id > hi:
                     break
                 after = page[-1].account_id
+                size = 1000
             released = 0
             failed: set[str] = set()
             for hold_id in sorted(candidates):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,8 @@ from ._records import (
 )
 from .holds import HoldsAndRefunds
 
+_KNOWN_ACCOUNTS_MAX = 100_000
+
 __all__ = [
     "DEFAULT_HOLD_TIMEOUT",
     "MAX_HOLD_TIMEOUT",
@@ -62,22 +64,40 @@ def _default_path() -> Path:
     return Path(os.environ.get("LEDGER_PATH", "ledger.json"))
 
 
-@dataclass
+@dataclass(init=False)
 class LedgerConfig:
     """Where the ledger lives and how the service behaves.
 
-    ``database_url`` (or the ``LEDGER_DATABASE_URL`` environment variable) wins over
-    ``ledger_path`` (or ``LEDGER_PATH``, default ``ledger.json``): a ``.json`` path
-    keeps the seed's inspectable JSON file; ``sqlite:///…`` or ``postgresql://…``
-    scale past it with the same API. ``hold_timeout`` is the default lifetime of
-    a hold in seconds.
+    Which ledger, first match wins: an explicit ``database_url``; an explicit
+    ``ledger_path``; the ``LEDGER_DATABASE_URL`` environment variable;
+    ``LEDGER_PATH``; ``ledger.json``. A ``.json`` path keeps the seed's
+    inspectable JSON file; ``sqlite:///…`` or ``postgresql://…`` scale past it
+    with the same API. An explicit path beats the environment because the
+    caller named that ledger. ``hold_timeout`` is the default lifetime of a hold
+    in seconds.
     """
 
-    ledger_path: Path = field(default_factory=_default_path)
-    default_provider_account: str = "provider"
-    auto_create_accounts: bool = False
-    database_url: str | None = field(default_factory=lambda: os.environ.get("LEDGER_DATABASE_URL") or None)
-    hold_timeout: float = DEFAULT_HOLD_TIMEOUT
+    ledger_path: Path
+    default_provider_account: str
+    auto_create_accounts: bool
+    database_url: str | None
+    hold_timeout: float
+
+    def __init__(
+        self,
+        ledger_path: Path | str | None = None,
+        default_provider_account: str = "provider",
+        auto_create_accounts: bool = False,
+        database_url: str | None = None,
+        hold_timeout: float = DEFAULT_HOLD_TIMEOUT,
+    ) -> None:
+        if database_url is None and ledger_path is None:
+            database_url = os.environ.get("LEDGER_DATABASE_URL") or None
+        self.ledger_path = Path(ledger_path) if ledger_path is not None else _default_path()
+        self.default_provider_account = default_provider_account
+        self.auto_create_accounts = auto_create_accounts
+        self.database_url = database_url
+        self.hold_timeout = hold_timeout
 
     @property
     def url(self) -> str:
@@ -92,6 +112,7 @@ class LedgerService(HoldsAndRefunds):
         self.config = config or LedgerConfig()
         self.ledger = ledger if ledger is not None else Ledger(self.config.url)
         self._init_holds()
+        self._known_accounts: set[str] = set()
 
     def close(self) -> None:
         self.ledger.close()
@@ -153,7 +174,7 @@ class LedgerService(HoldsAndRefunds):
         return self._account_dict(account_id)
 
     def get_account(self, account_id: str) -> dict[str, Any]:
-        self.release_expired_holds(deep=False)
+        self._sweep_lazily()
         return self._account_dict(self._user_account(account_id))
 
     def account_exists(self, account_id: str) -> bool:
@@ -176,12 +197,24 @@ class LedgerService(HoldsAndRefunds):
                     })
             after = page[-1].account_id
 
-    def _require_exists(self, account_id: str) -> None:
+    def _exists(self, account_id: str) -> bool:
+        """Whether the account exists. Accounts are never deleted, so one that was
+        seen once is remembered (a bounded, per-process set) and costs no read."""
+        if account_id in self._known_accounts:
+            return True
         if not self.ledger.account_exists(account_id):
+            return False
+        if len(self._known_accounts) >= _KNOWN_ACCOUNTS_MAX:
+            self._known_accounts.clear()
+        self._known_accounts.add(account_id)
+        return True
+
+    def _require_exists(self, account_id: str) -> None:
+        if not self._exists(account_id):
             raise AccountNotFoundError(account_id)
 
     def _ensure_party(self, account_id: str) -> None:
-        if not self.ledger.account_exists(account_id):
+        if not self._exists(account_id):
             if self.config.auto_create_accounts:
                 self.ledger.create_account(account_id, exist_ok=True)
             else:
@@ -191,9 +224,8 @@ class LedgerService(HoldsAndRefunds):
         """The spendable balance: funds reserved by open holds are not in it, and
         holds that have expired are released first, so it reflects expiry."""
         self._user_account(account_id)
-        self.release_expired_holds(deep=False)
-        self._require_exists(account_id)
-        return self.ledger.get_balance(account_id)
+        self._sweep_lazily()
+        return self.ledger.get_account(account_id).balance
 
     def require_balance(self, account_id: str, amount: Decimal | int | str) -> bool:
         """True when the account could pay ``amount`` now. Only a hint: another job
@@ -239,7 +271,7 @@ class LedgerService(HoldsAndRefunds):
         job = check_job_id(job_id)
         meta = {"kind": "transfer", **note_meta(note)}
         key = user_key(idempotency_key) or (f"job:{job}" if job is not None else None)
-        self.release_expired_holds(deep=False)
+        self._sweep_lazily()
         for acct in (from_account, to_account):
             self._ensure_party(acct)
         try:

@@ -141,6 +141,7 @@ def verify_ledger(
     issued: dict[str, int] = {}
     expected_seq = 0
     pending_nodes: dict[tuple[int, int], bytes] = {}
+    bad_nodes: set[tuple[int, int]] = set()
     next_cp = 0
     for start in range(0, head.size, max(1, chunk)):
         end = min(start + chunk, head.size)
@@ -177,11 +178,21 @@ def verify_ledger(
             if next_cp < len(checkpoints) and checkpoints[next_cp] == expected_seq:
                 _check_checkpoint(report, expected_seq, cps.get(expected_seq, {}), running)
                 next_cp += 1
-        for coord, h in pending_nodes.items():
-            if stored.get(coord) != h:
-                first = (coord[1] << coord[0]) + 1
-                what = "leaf hash" if coord[0] == 0 else f"Merkle node {coord}"
-                report.fail(f"entry {first}: stored {what} does not match the entry's contents", first)
+        # Bottom up: a node above a bad leaf (or bad node) is wrong because of it and
+        # is not reported again, so the report names the entry that changed.
+        for coord in sorted(pending_nodes):
+            if stored.get(coord) == pending_nodes[coord]:
+                continue
+            level, index = coord
+            bad_nodes.add(coord)
+            if level and ((level - 1, 2 * index) in bad_nodes or (level - 1, 2 * index + 1) in bad_nodes):
+                continue
+            first = (index << level) + 1
+            if level == 0:
+                report.fail(f"entry {first}: stored leaf hash does not match the entry's contents", first)
+            else:
+                last = min((index + 1) << level, head.size)
+                report.fail(f"stored Merkle node {coord} over entries {first}..{last} does not match them", first)
         pending_nodes.clear()
         if progress is not None:
             progress(end, head.size)

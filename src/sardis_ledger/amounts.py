@@ -38,6 +38,7 @@ MAX_DIGITS = 60
 _CTX = Context(prec=MAX_DIGITS + 40, traps=[InvalidOperation, Overflow, DivisionByZero])
 _ACCOUNT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 _ASSET = re.compile(r"[A-Z][A-Z0-9_]{0,15}")
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?").fullmatch
 _POW10 = [10**i for i in range(19)]
 
 
@@ -86,11 +87,9 @@ def _to_decimal(value: object, field: str) -> Decimal:
         return Decimal(value)
     if isinstance(value, str):
         text = value.strip()
-        if text and len(text) <= 64:
-            try:
-                return Decimal(text)
-            except InvalidOperation:
-                pass
+        # Plain decimal notation only: Decimal() would also take "1_000", "NaN", "Infinity".
+        if len(text) <= 64 and _DECIMAL_TEXT(text):
+            return Decimal(text)
         raise _refuse(field, f"{value[:40]!r} is not a decimal number")
     raise _refuse(field, "must be a Decimal, an integer or a decimal string")
 

@@ -121,12 +121,13 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--db", type=Path, default=Path(tempfile.gettempdir()) / "bench_proofs.db")
     parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--audit-rounds", type=int, default=2, help="interleaved rounds of the full audits")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--profile-entries", type=int, default=200_000)
     parser.add_argument("--update-docs", action="store_true")
     args = parser.parse_args()
-    if not 2 <= args.entries <= 10**8 or not 10 <= args.samples <= 100_000:
-        parser.error("--entries must be within 2..1e8 and --samples within 10..1e5")
+    if not 2 <= args.entries <= 10**8 or not 10 <= args.samples <= 100_000 or not 1 <= args.audit_rounds <= 10:
+        parser.error("--entries must be within 2..1e8, --samples within 10..1e5, --audit-rounds within 1..10")
 
     led = build(args.db, args.entries)
     size = led.tree_head().tree_size
@@ -211,20 +212,24 @@ def main() -> None:
             h(b"\x00" + leaf_bytes(EntryRow(*r), scale)).digest()
 
     throughput: list[tuple[str, str, str]] = []
-
-    def rate(label: str, fn: Callable[[], object], base_s: float | None = None) -> float:
-        t = time.perf_counter()
-        result = fn()
-        secs = time.perf_counter() - t
-        ok = getattr(result, "ok", True)
-        ratio = f"{secs / base_s:.1f}×" if base_s else ""
+    audits: list[tuple[str, Callable[[], object]]] = [
+        ("raw sqlite3: scan every row + SHA-256 of its leaf (baseline)", raw_scan),
+        ("Ledger.verify() (core)", led.verify),
+        ("Evidence.verify() (core + signed heads + rows past the head)", lambda: ev.verify(sign=False)),
+    ]
+    best = {label: float("inf") for label, _ in audits}
+    for _ in range(args.audit_rounds):  # interleaved rounds, best of each: load on a shared machine varies
+        for label, fn in audits:
+            t = time.perf_counter()
+            result = fn()
+            best[label] = min(best[label], time.perf_counter() - t)
+            assert getattr(result, "ok", True), label
+    base_s = best[audits[0][0]]
+    for label, _ in audits:
+        secs = best[label]
+        ratio = f"{secs / base_s:.1f}×" if label != audits[0][0] else ""
         throughput.append((label, f"{size / secs:,.0f}", ratio))
-        print(f"{label:62s} {size / secs:12,.0f} entries/s ({secs:.1f} s) ok={ok} {ratio}")
-        return secs
-
-    base_s = rate("raw sqlite3: scan every row + SHA-256 of its leaf (baseline)", raw_scan)
-    rate("Ledger.verify() (core)", led.verify, base_s)
-    rate("Evidence.verify() (core + signed heads + rows past the head)", lambda: ev.verify(sign=False), base_s)
+        print(f"{label:62s} {size / secs:12,.0f} entries/s ({secs:.1f} s) {ratio}")
 
     profile_text = ""
     if args.profile:
@@ -266,6 +271,8 @@ def section(rows: list[tuple[str, str, str, str]], throughput: list[tuple[str, s
         "| operation | p50 ms | p99 ms | vs baseline |",
         "|---|---|---|---|",
         *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows),
+        "",
+        f"Full audits: best of {args.audit_rounds} interleaved rounds.",
         "",
         "| full audit | entries/s | time vs baseline |",
         "|---|---|---|",

@@ -140,9 +140,10 @@ def test_holds_capture_void_and_expiry(client: LedgerClient, ids: Callable[[str]
     assert voided["status"] == "voided"
     assert client.get_balance(payer) == 88
 
-    short = client.hold(payer, 50, provider, timeout=0.3)
+    started = time.monotonic()
+    short = client.hold(payer, 50, provider, timeout=1.0)
     assert client.get_balance(payer) == 38
-    time.sleep(0.5)
+    time.sleep(max(0.0, started + 1.2 - time.monotonic()))
     assert client.get_balance(payer) == 88  # expiry is reflected without anyone touching the hold
     assert client.get_hold(short["hold_id"])["status"] == "expired"
     with pytest.raises(HoldError) as late:

@@ -80,11 +80,12 @@ def test_hold_input_checks(service: LedgerService) -> None:
 
 
 def test_expired_holds_are_released_lazily_and_by_a_new_process(url: str, service: LedgerService) -> None:
-    service.hold("alice", 30, timeout=0.2)
-    service.hold("alice", 20, timeout=0.2)
+    started = time.monotonic()
+    service.hold("alice", 30, timeout=1.0)
+    service.hold("alice", 20, timeout=1.0)
     kept = service.hold("alice", 5, timeout=60)
     assert service.get_balance("alice") == 45
-    time.sleep(0.4)
+    time.sleep(max(0.0, started + 1.2 - time.monotonic()))
     with LedgerService(LedgerConfig(database_url=url)) as fresh:  # its first sweep reads every hold
         assert fresh.get_balance("alice") == 95
     assert service.get_balance("alice") == 95
@@ -94,8 +95,9 @@ def test_expired_holds_are_released_lazily_and_by_a_new_process(url: str, servic
 
 
 def test_release_expired_holds_explicitly(service: LedgerService) -> None:
-    ids = [service.hold("alice", 10, timeout=0.2)["hold_id"] for _ in range(3)]
-    time.sleep(0.4)
+    started = time.monotonic()
+    ids = [service.hold("alice", 10, timeout=1.0)["hold_id"] for _ in range(3)]
+    time.sleep(max(0.0, started + 1.2 - time.monotonic()))
     assert service.release_expired_holds() == 3
     assert {service.get_hold(i)["status"] for i in ids} == {"expired"}
     with pytest.raises(HoldError):

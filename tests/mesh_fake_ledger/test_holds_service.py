@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -224,3 +225,17 @@ def test_refund_only_payments(service: LedgerService) -> None:
     back = service.refund(captured["settlement_id"])
     assert (back["amount"], back["to_account"], back["reverses"]) == (4, "alice", captured["settlement_id"])
     assert service.get_balance("alice") == 105
+
+
+def test_hold_committed_after_a_sweep_passed_its_expiry_is_still_released(service: LedgerService) -> None:
+    """A slow commit (or another host's clock) can land an already-expired hold
+    behind the sweep's position; deep sweeps re-read the recent past for it."""
+    assert service.release_expired_holds() == 0  # the sweep is now past "now"
+    past = datetime.now(UTC) - timedelta(seconds=5)
+    hold_id = f"{past:%Y%m%dT%H%M%S%f}-{'ab' * 10}"
+    meta = {"kind": "hold", "hold_id": hold_id, "payer": "alice", "receiver": "provider", "job_id": None,
+            "expires_at": past.isoformat().replace("+00:00", "Z")}
+    service.ledger.transfer("alice", f"hold:{hold_id}", 7, metadata=meta)  # as a late hold() would
+    assert service.release_expired_holds() == 1
+    assert service.get_hold(hold_id)["status"] == "expired"
+    assert service.get_balance("alice") == 100

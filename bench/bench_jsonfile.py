@@ -7,9 +7,10 @@ original store did: keep the seed document in memory and, per write, append the
 transfer, ``json.dumps`` the whole document and replace the file atomically
 (temp file + fsync + ``os.replace`` + directory fsync, the same durability).
 
-Writes at the different sizes are interleaved in rounds, so machine noise
-spreads over every size instead of landing on one; the figures that matter are
-the ratios inside one run. Usage::
+Writes at the different sizes are interleaved in rounds (the order rotating),
+so machine noise spreads over every size instead of landing on one; the
+baseline runs after ours, since its large files leave dirty pages that slow the
+next fsync. The figures that matter are the ratios inside one run. Usage::
 
     python3 bench/bench_jsonfile.py [--sizes 1000,10000,100000] [--writes 1000] [--naive-writes 40]
 """
@@ -143,11 +144,17 @@ def main() -> None:
 
         ours: dict[int, list[float]] = {n: [] for n in sizes}
         base: dict[int, list[float]] = {n: [] for n in sizes}
+        # Our writes first, then the baseline's: the baseline leaves tens of MB of dirty
+        # pages that would slow whichever fsync follows. The order of sizes rotates per round.
+        os.sync()
         for r in range(args.rounds):
-            for n in sizes:
+            for n in sizes[r % len(sizes) :] + sizes[: r % len(sizes)]:
                 svc = services[n]
                 for i in range(args.writes // args.rounds):
                     ours[n].append(timed(partial(svc.charge, "alice", "provider", 1, job_id=f"bench-{r}-{i}")))
+        os.sync()
+        for r in range(args.rounds):
+            for n in sizes[r % len(sizes) :] + sizes[: r % len(sizes)]:
                 for i in range(max(1, args.naive_writes // args.rounds)):
                     base[n].append(timed(partial(naive[n].charge, f"bench-{r}-{i}")))
 

@@ -34,6 +34,7 @@ Amounts are BIGINT minor units, hashes BYTEA, timestamps the engine's ISO text.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -479,8 +480,9 @@ class PostgresStorage(Storage):
     """``postgresql://user:password@host:port/dbname?…`` (any libpq URL).
 
     The schema is created or upgraded on first use. Connections come from a
-    pool of at most ``pool_size``; threads beyond that wait for one. Create the
-    storage after ``fork()``: pooled connections cannot cross processes.
+    pool of at most ``pool_size``; threads beyond that wait for one. A storage
+    opened before ``fork()`` refuses to work in the child (pooled connections
+    cannot be shared by two processes): open the ledger in each process.
     """
 
     def __init__(self, url: str, *, pool_size: int = 8, pool_timeout: float = 15.0) -> None:
@@ -495,6 +497,7 @@ class PostgresStorage(Storage):
         except psycopg.Error as exc:
             raise StorageError(f"cannot open PostgreSQL ledger at {self._where}: {exc}") from exc
         self.idle_check_seconds = _IDLE_PING_SECONDS
+        self._pid = os.getpid()
         self._last_used: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
@@ -517,6 +520,11 @@ class PostgresStorage(Storage):
 
     def _acquire(self) -> psycopg.Connection[Any]:
         """A healthy pooled connection; one idle for a while is pinged first."""
+        if os.getpid() != self._pid:
+            raise StorageError(
+                f"this PostgreSQL storage was opened in process {self._pid} before a fork; open the ledger"
+                " again in this process (connections cannot be shared between processes)"
+            )
         for _ in range(3):
             try:
                 conn = self._pool.getconn()

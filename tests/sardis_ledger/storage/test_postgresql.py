@@ -656,3 +656,24 @@ def test_url_spellings_open_the_same_ledger(pg_url: str) -> None:
         with Ledger(spelling) as ledger:
             assert ledger.get_balance("alice") == 3
             assert ledger.database_url == spelling
+
+
+def _use_inherited(ledger: Ledger, out: Any) -> None:
+    try:
+        ledger.get_balance("alice")
+        out.put("used the parent's connections")
+    except StorageError as exc:
+        out.put(f"refused: {exc}")
+
+
+def test_a_storage_inherited_through_fork_refuses_instead_of_sharing_connections(pg_url: str) -> None:
+    fork = mp.get_context("fork")
+    with Ledger(pg_url) as ledger:
+        ledger.create_entry("alice", 4, "credit")
+        out = fork.Queue()
+        child = fork.Process(target=_use_inherited, args=(ledger, out))
+        child.start()
+        _join_all([child])
+        assert out.get(timeout=5).startswith("refused: this PostgreSQL storage was opened in process")
+        ledger.create_entry("alice", 1, "credit")  # the parent's connections are untouched
+        assert ledger.get_balance("alice") == 5

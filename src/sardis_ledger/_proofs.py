@@ -227,9 +227,8 @@ def _check_row(report: VerifyReport, row: EntryRow, acct: AccountRow | None) -> 
         report.fail(f"entry {seq} has an invalid amount or type", seq)
     try:
         validate_account_id(row.account_id)
-        meta = json.loads(row.metadata)
-        canonical = isinstance(meta, dict) and canonical_json(meta) == row.metadata
-    except (ValueError, TypeError):
+        canonical = row.metadata == "{}" or _canonical_object(row.metadata)
+    except (ValueError, TypeError, RecursionError):
         canonical = False
     if not canonical:
         report.fail(f"entry {seq}: account id or metadata is not in canonical form", seq)
@@ -240,6 +239,11 @@ def _check_row(report: VerifyReport, row: EntryRow, acct: AccountRow | None) -> 
             report.fail(f"entry {seq}: asset {row.asset} differs from its account's {acct.asset}", seq)
         if row.running_balance < -acct.overdraft_limit:
             report.fail(f"entry {seq}: {row.account_id!r} is below its floor", seq)
+
+
+def _canonical_object(text: str) -> bool:
+    meta = json.loads(text)
+    return isinstance(meta, dict) and canonical_json(meta) == text
 
 
 def _check_checkpoint(report: VerifyReport, seq: int, stored: dict[str, int], running: dict[str, int]) -> None:

@@ -70,9 +70,18 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reseed)
 
 
+_prefix: tuple[int, int, str] = (-1, -1, "")
+
+
 def id_prefix() -> str:
-    """The time-and-node part of ids made now; append :func:`id_suffix` for each id."""
-    return f"{time.time_ns() // 1_000_000:012x}{_node:010x}"
+    """The time-and-node part of ids made now; append :func:`id_suffix` for each id.
+    (The text is kept for the current millisecond: a bulk write makes thousands.)"""
+    global _prefix
+    ms = time.time_ns() // 1_000_000
+    cached = _prefix
+    if cached[0] != ms or cached[1] != _node:
+        cached = _prefix = (ms, _node, f"{ms:012x}{_node:010x}")
+    return cached[2]
 
 
 def id_suffix() -> str:

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from . import merkle
@@ -69,6 +70,7 @@ from .models import (
     Asset,
     BalanceSnapshot,
     EntrySpec,
+    LazyBatch,
     LazyReceipt,
     LedgerBatch,
     LedgerEntry,
@@ -114,6 +116,32 @@ def _check_id(value: object, name: str) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_TEXT:
         raise ValidationError(f"{name} must be a non-empty string of at most {MAX_TEXT} characters", field=name)
     return value
+
+
+class _CommitEntries:
+    """The entries one write committed, turned into :class:`LedgerEntry` objects
+    only when a caller reads a batch's entries (see :class:`LazyBatch`)."""
+
+    __slots__ = ("digests", "leaves", "proofs", "root", "rows", "scales", "ts")
+
+    def __init__(self, rows: list[EntryRow], leaves: list[bytes], digests: list[bytes], scales: dict[str, int],
+                 created_at: str, proofs: CommitProofs, root: str) -> None:
+        self.rows, self.leaves, self.digests, self.scales = rows, leaves, digests, scales
+        self.ts = _parse_ts(created_at)
+        self.proofs, self.root = proofs, root
+
+    def entries(self, lo: int, hi: int) -> tuple[LedgerEntry, ...]:
+        size, root, proofs, ts, scales = self.proofs.size, self.root, self.proofs, self.ts, self.scales
+        out = []
+        for row, leaf, digest in zip(self.rows[lo:hi], self.leaves[lo:hi], self.digests[lo:hi], strict=True):
+            scale = scales[row.asset]
+            out.append(LedgerEntry(
+                row.entry_id, row.seq + 1, row.batch_id, row.account_id, row.asset,
+                from_minor(row.amount, scale), _TYPES[row.direction], from_minor(row.running_balance, scale),
+                ts, row.reference, _metadata(row.metadata), row.reverses, leaf,
+                LazyReceipt(row.seq, size, root, digest, proofs),
+            ))
+        return tuple(out)
 
 
 class Ledger:
@@ -446,6 +474,7 @@ class Ledger:
             digests: list[bytes] = []
             leaves: list[bytes] = []
             batches: list[BatchRow] = []
+            spans: dict[str, tuple[int, int]] = {}
             nodes: list[tuple[int, int, bytes]] = []
             results: list[LedgerBatch | Request] = []
             keys_here: dict[str, Request] = {}
@@ -537,6 +566,7 @@ class Ledger:
                 batches.append(BatchRow(
                     batch_id, first, seq - first, created_at, reverses, req.reason, key, req.request_hash,
                 ))
+                spans[batch_id] = (first - head.size, seq - head.size)
                 results.append(req)
             if entries or batches:
                 if new_accounts:
@@ -556,52 +586,31 @@ class Ledger:
             self._frontier = (seq, root, frontier)
         if seen_scales:
             self._scales.update(seen_scales)
-        return self._results(results, entries, leaves, digests, keys_here, created_at,
-                             CommitProofs(storage, seq, before, nodes), root.hex())
+        commit = _CommitEntries(entries, leaves, digests, dict(self._scales), created_at,
+                                CommitProofs(storage, seq, before, nodes), root.hex())
+        return self._results(results, spans, commit, keys_here)
 
     def _results(
         self,
         results: list[LedgerBatch | Request],
-        entries: list[EntryRow],
-        leaves: list[bytes],
-        digests: list[bytes],
+        spans: dict[str, tuple[int, int]],
+        commit: _CommitEntries,
         keys_here: dict[str, Request],
-        created_at: str,
-        proofs: CommitProofs,
-        root: str,
     ) -> list[LedgerBatch]:
-        ts = _parse_ts(created_at)
-        size = proofs.size
-        scales = self._scales
-        by_batch: dict[str, list[LedgerEntry]] = {}
-        for row, leaf, digest in zip(entries, leaves, digests, strict=True):
-            scale = scales[row.asset]
-            entry = LedgerEntry(
-                row.entry_id, row.seq + 1, row.batch_id, row.account_id, row.asset,
-                from_minor(row.amount, scale), _TYPES[row.direction], from_minor(row.running_balance, scale),
-                ts, row.reference, _metadata(row.metadata), row.reverses, leaf,
-                LazyReceipt(row.seq, size, root, digest, proofs),
-            )
-            group = by_batch.get(row.batch_id)
-            if group is None:
-                by_batch[row.batch_id] = [entry]
-            else:
-                group.append(entry)
+        ts = commit.ts
         out: list[LedgerBatch] = []
         for item in results:
             if isinstance(item, LedgerBatch):
                 out.append(item)
-            elif item.idempotency_key is None or keys_here.get(item.idempotency_key) is item:
-                out.append(LedgerBatch(
-                    item.batch_id, tuple(by_batch.get(item.batch_id, ())), ts,
-                    item.reverses, item.reason, item.idempotency_key,
-                ))
-            else:  # a repeated key inside this same bulk call: the first one's result
-                first = keys_here[item.idempotency_key]
-                out.append(LedgerBatch(
-                    first.batch_id, tuple(by_batch.get(first.batch_id, ())), ts,
-                    first.reverses, first.reason, first.idempotency_key, replayed=True,
-                ))
+                continue
+            first = item
+            if item.idempotency_key is not None and keys_here.get(item.idempotency_key) is not item:
+                first = keys_here[item.idempotency_key]  # a key repeated in this same bulk call
+            lo, hi = spans[first.batch_id]
+            out.append(LazyBatch(
+                first.batch_id, partial(commit.entries, lo, hi), ts, first.reverses, first.reason,
+                first.idempotency_key, first is not item,
+            ))
         return out
 
     def _reversal_legs(

@@ -24,6 +24,7 @@ __all__ = [
     "Asset",
     "BalanceSnapshot",
     "EntrySpec",
+    "LazyBatch",
     "LazyReceipt",
     "LedgerBatch",
     "LedgerEntry",
@@ -258,6 +259,70 @@ class LedgerBatch:
             "idempotency_key": self.idempotency_key,
             "entries": [e.to_dict() for e in self.entries],
         }
+
+
+_ENTRIES_SLOT = LedgerBatch.__dict__["entries"]
+
+
+class LazyBatch(LedgerBatch):
+    """A :class:`LedgerBatch` whose entries are built on first read.
+
+    A bulk write (``transfer_many``, ``post_many``) returns one batch per transfer;
+    building every entry object up front cost a fifth of the write, and bulk callers
+    mostly keep only the batch ids. The entries are made from the committed rows
+    the write already holds, so reading them later gives exactly what eager
+    construction would have. Compares, hashes, prints and pickles as a LedgerBatch."""
+
+    __slots__ = ("_build",)
+    _build: Callable[[], tuple[LedgerEntry, ...]]
+
+    def __init__(
+        self,
+        batch_id: str,
+        build: Callable[[], tuple[LedgerEntry, ...]],
+        created_at: datetime,
+        reverses: str | None = None,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+        replayed: bool = False,
+    ) -> None:
+        object.__setattr__(self, "batch_id", batch_id)
+        object.__setattr__(self, "created_at", created_at)
+        object.__setattr__(self, "reverses", reverses)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "idempotency_key", idempotency_key)
+        object.__setattr__(self, "replayed", replayed)
+        object.__setattr__(self, "_build", build)
+
+    @property
+    def entries(self) -> tuple[LedgerEntry, ...]:
+        try:
+            value: tuple[LedgerEntry, ...] = _ENTRIES_SLOT.__get__(self)
+        except AttributeError:
+            value = self._build()
+            _ENTRIES_SLOT.__set__(self, value)
+        return value
+
+    def resolved(self) -> LedgerBatch:
+        return LedgerBatch(*_batch_fields(self))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, LedgerBatch):
+            return _batch_fields(self) == _batch_fields(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(_batch_fields(self))
+
+    def __repr__(self) -> str:
+        return repr(self.resolved())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (LedgerBatch, _batch_fields(self))
+
+
+def _batch_fields(b: LedgerBatch) -> tuple[Any, ...]:
+    return (b.batch_id, b.entries, b.created_at, b.reverses, b.reason, b.idempotency_key, b.replayed)
 
 
 @dataclass(frozen=True, slots=True)

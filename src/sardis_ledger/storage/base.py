@@ -109,7 +109,9 @@ class Transaction(ABC):
     def insert_entries(self, rows: Sequence[EntryRow]) -> None: ...
 
     @abstractmethod
-    def insert_nodes(self, nodes: Sequence[tuple[int, int, bytes]]) -> None: ...
+    def insert_nodes(self, nodes: Sequence[tuple[int, int, bytes]]) -> None:
+        """``(level, index, hash)`` of new complete subtrees, in the order appends
+        created them (as :meth:`sardis_ledger.merkle.Frontier.append` returns them)."""
 
     @abstractmethod
     def set_head(self, head: HeadRow) -> None: ...

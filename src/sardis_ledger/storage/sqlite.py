@@ -233,8 +233,16 @@ class SQLiteTransaction(Transaction):
         )
 
     def insert_nodes(self, nodes: Sequence[tuple[int, int, bytes]]) -> None:
+        # Nodes come in the order appends created them (the contract), which is one
+        # run of consecutive positions: no per-node arithmetic on the write path.
+        if not nodes:
+            return
+        first = node_position(nodes[0][0], nodes[0][1])
+        if node_position(nodes[-1][0], nodes[-1][1]) != first + len(nodes) - 1:
+            raise StorageError("Merkle nodes must be inserted in the order appends create them")
+        positions = range(first, first + len(nodes))
         self.c.executemany(
-            "INSERT INTO nodes (pos, hash) VALUES (?, ?)", [(node_position(lv, ix), h) for lv, ix, h in nodes]
+            "INSERT INTO nodes (pos, hash) VALUES (?, ?)", zip(positions, (n[2] for n in nodes), strict=True)
         )
 
     def set_head(self, head: HeadRow) -> None:

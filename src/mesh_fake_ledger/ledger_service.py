@@ -141,12 +141,18 @@ class LedgerService(HoldsAndRefunds):
             "meta": dict(acct.metadata),
         }
 
+    def _initial_amount(self, value: Decimal | int | str) -> Decimal:
+        """Validate an opening balance fully (scale included) before the account is
+        created, so a bad amount never leaves an empty account behind."""
+        scale = self.ledger.get_asset(self.ledger.default_asset.code).scale
+        return parse_amount(value, scale, field="initial_balance", allow_zero=True)
+
     def create_account(
         self, account_id: str, initial_balance: Decimal | int | str = 0, meta: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
         """Create an account; refuses an id that exists (AccountExistsError)."""
         self._user_account(account_id)
-        initial = parse_amount(initial_balance, None, field="initial_balance", allow_zero=True)
+        initial = self._initial_amount(initial_balance)
         self.ledger.create_account(account_id, metadata=meta)
         if initial > 0:
             self.ledger.create_entry(
@@ -161,7 +167,7 @@ class LedgerService(HoldsAndRefunds):
         """Create the account unless it exists. The initial balance is granted once,
         when the account is first created, however often (or concurrently) this runs."""
         self._user_account(account_id)
-        initial = parse_amount(initial_balance, None, field="initial_balance", allow_zero=True)
+        initial = self._initial_amount(initial_balance)
         self.ledger.create_account(account_id, metadata=meta, exist_ok=True)
         if initial > 0:
             # Keyed by account: a concurrent or repeated call replays instead of granting twice;

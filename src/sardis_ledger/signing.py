@@ -391,17 +391,19 @@ class TreeHeadSigner:
         """Raise IntegrityError unless the log (now ``head``) contains ``last``."""
         if last is None:
             return
+        hint = (f" (if the store was deliberately replaced, move the heads log {self.head_log.path} aside)"
+                if self.head_log.path is not None else "")
         if head.tree_size < last.tree_size:
             raise IntegrityError(
                 f"the store holds {head.tree_size} entries but a tree head of size {last.tree_size} was signed "
-                "for it: the store was rolled back or truncated",
+                f"for it: the store was rolled back or truncated{hint}",
                 signed_size=last.tree_size, tree_size=head.tree_size, first_bad_sequence=head.tree_size + 1,
             )
         root = head.root if head.tree_size == last.tree_size else self.log.root_at(last.tree_size)
         if root != last.root:
             raise IntegrityError(
                 f"the store's root at size {last.tree_size} differs from the head signed for that size: "
-                "history was rewritten", signed_size=last.tree_size,
+                f"history was rewritten{hint}", signed_size=last.tree_size,
             )
 
     def signed_tree_head(self) -> SignedTreeHead:

@@ -65,10 +65,12 @@ class AuditReport:
         if len(self.problems) < 200:
             self.problems.append(message)
 
-    def absorb(self, other: VerifyReport | CrossCheckReport, prefix: str = "") -> None:
+    def absorb(self, other: VerifyReport | CrossCheckReport, prefix: str = "", *, sequences: bool = True) -> None:
+        """Take in another report's problems; ``sequences=False`` when its numbers
+        are not ledger sequences (the audit store's transaction ids)."""
         for message in other.problems:
             self.fail(prefix + message)
-        if other.first_bad_sequence is not None:
+        if sequences and other.first_bad_sequence is not None:
             self.fail_silently(other.first_bad_sequence)
         if not other.ok:
             self.ok = False
@@ -230,7 +232,7 @@ class Evidence:
         if audit is not None:
             from .hybrid import cross_check
 
-            report.absorb(audit.verify_all(), "audit store: ")
+            report.absorb(audit.verify_all(), "audit store: ", sequences=False)
             report.absorb(cross_check(self.ledger, audit))
             report.audit_store_checked = True
         if report.ok and sign:

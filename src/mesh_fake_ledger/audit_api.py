@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import threading
-import weakref
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
@@ -44,17 +43,18 @@ from .api_models import ErrorOut
 
 __all__ = ["audit_router", "evidence_for", "get_evidence"]
 
-_cache: weakref.WeakKeyDictionary[Ledger, Evidence] = weakref.WeakKeyDictionary()
+_cache: dict[int, tuple[Ledger, Evidence]] = {}
 _cache_lock = threading.Lock()
 
 
 def evidence_for(ledger: Ledger) -> Evidence:
-    """One :class:`Evidence` per ledger object (its keyring is the ledger's default)."""
+    """One :class:`Evidence` per ledger object (its keyring is the ledger's default),
+    kept for the life of the process: an app serves one ledger for its lifetime."""
     with _cache_lock:
-        found = _cache.get(ledger)
-        if found is None:
-            found = _cache[ledger] = Evidence(ledger)
-        return found
+        found = _cache.get(id(ledger))
+        if found is None or found[0] is not ledger:
+            found = _cache[id(ledger)] = (ledger, Evidence(ledger))
+        return found[1]
 
 
 def get_evidence(service: ServiceDep) -> Evidence:

@@ -85,6 +85,55 @@ def raw_transfers(path: Path, n: int, per_commit: int) -> float:
     return n / elapsed
 
 
+def raw_engine_rows(path: Path, n: int, per_commit: int) -> float:
+    """A second baseline: raw sqlite3 writing exactly the rows the engine writes for
+    each transfer (balances, a batch row, two entries, their Merkle nodes, the tree
+    head) into the engine's schema, with constant hashes and no validation. The gap
+    between it and the engine is the engine's own Python work; the gap between it
+    and the plain transfer is what the ledger's records cost in SQLite."""
+    SQLiteStorage(path).close()  # the engine's schema, indexes and triggers
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(f"PRAGMA cache_size=-{SQLiteStorage.cache_kib}")
+    conn.executemany(
+        "INSERT INTO accounts VALUES (?, 'TOKEN', ?, 0, '{}', '2024-01-01T00:00:00.000000Z')",
+        [(f"a{i}", 10**15) for i in range(ACCOUNTS)],
+    )
+    digest = bytes(32)
+    balance = dict.fromkeys((f"a{i}" for i in range(ACCOUNTS)), 10**15)
+    seq = pos = 0
+    start = time.perf_counter()
+    for lo in range(0, n, per_commit):
+        batches, entries, nodes = [], [], []
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        for i in range(lo, min(n, lo + per_commit)):
+            src, dst = f"a{i % ACCOUNTS}", f"a{(i + 1) % ACCOUNTS}"
+            bid = f"{time.time_ns():020x}{i:012x}"
+            batches.append((bid, seq, 2, stamp, None, None, None, None))
+            for k, (acct, sign) in enumerate(((src, -1), (dst, 1))):
+                balance[acct] += sign * 1_000_000
+                entries.append((seq, f"{bid}{k}", bid, acct, "TOKEN", 1_000_000, "debit" if sign < 0 else "credit",
+                                balance[acct], stamp, None, "{}", None))
+                for _ in range(((seq + 1) & -(seq + 1)).bit_length()):  # nodes appending this leaf creates
+                    nodes.append((pos, digest))
+                    pos += 1
+                seq += 1
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("UPDATE accounts SET balance = ? WHERE account_id = ?",
+                         [(balance[a], a) for a in {e[3] for e in entries}])
+        conn.executemany("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batches)
+        conn.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", entries)
+        conn.executemany("INSERT INTO nodes VALUES (?, ?)", nodes)
+        conn.execute(
+            "INSERT INTO tree_head VALUES (1, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET size = excluded.size,"
+            " root = excluded.root, updated_at = excluded.updated_at", (seq, digest, stamp),
+        )
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return n / elapsed
+
+
 def engine_transfers(path: Path, n: int, per_commit: int) -> float:
     with Ledger(f"sqlite:///{path}") as ledger:
         ledger.post_many([[{"account_id": f"a{i}", "amount": 10**9, "entry_type": "credit"}] for i in range(ACCOUNTS)])
@@ -102,16 +151,21 @@ def engine_transfers(path: Path, n: int, per_commit: int) -> float:
 
 def throughput(n: int, per_commit: int, rounds: int) -> dict[str, Any]:
     raw: list[float] = []
+    rows: list[float] = []
     eng: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench_engine_") as tmp:
         for r in range(rounds):
             raw.append(raw_transfers(Path(tmp) / f"raw{r}.db", n, per_commit))
             eng.append(engine_transfers(Path(tmp) / f"eng{r}.db", n, per_commit))
+            rows.append(raw_engine_rows(Path(tmp) / f"rows{r}.db", n, per_commit))
     ratios = [e / b for e, b in zip(eng, raw, strict=True)]
+    row_ratios = [e / b for e, b in zip(eng, rows, strict=True)]
     return {
         "per_commit": per_commit, "transfers": n, "rounds": rounds,
-        "raw": statistics.median(raw), "engine": statistics.median(eng),
+        "raw": statistics.median(raw), "engine": statistics.median(eng), "rows": statistics.median(rows),
         "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+        "rows_ratio": statistics.median(row_ratios),
+        "rows_vs_raw": statistics.median([w / b for w, b in zip(rows, raw, strict=True)]),
     }
 
 
@@ -206,7 +260,8 @@ def report(single: dict[str, Any], bulk: dict[str, Any], big: dict[str, Any] | N
            load: float, profile: str | None) -> str:
     def row(name: str, r: dict[str, Any], target: str) -> str:
         return (f"| {name} | {r['raw']:,.0f} | {r['engine']:,.0f} | **{r['ratio']:.2f}** "
-                f"({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) | {target} |")
+                f"({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) | {target} | {r['rows']:,.0f} | {r['rows_vs_raw']:.2f} |"
+                f" {r['rows_ratio']:.2f} |")
 
     lines = [
         SECTION,
@@ -221,15 +276,21 @@ def report(single: dict[str, Any], bulk: dict[str, Any], big: dict[str, Any] | N
         "Raw: two `UPDATE accounts` and one `INSERT` per transfer, WAL, `synchronous=NORMAL`.",
         "Engine: per transfer two entries (each a Merkle leaf), their nodes, a batch row, balances and the tree head.",
         "",
-        "| per commit | raw sqlite3 /s | engine /s | engine ÷ raw | target |",
-        "|---|---:|---:|---:|---|",
+        "Second baseline, \"raw rows\": raw `sqlite3` writing exactly the engine's rows per transfer into the"
+        " engine's schema (constant hashes, no checks), i.e. the floor for these records in SQLite.",
+        "",
+        "| per commit | raw sqlite3 /s | engine /s | engine ÷ raw | target | raw rows /s | raw rows ÷ raw |"
+        " engine ÷ raw rows |",
+        "|---|---:|---:|---:|---|---:|---:|---:|",
         row(f"1 (`Ledger.transfer`, {single['transfers']:,} transfers)", single, "≥ 0.33"),
         row(f"1,000 (`Ledger.transfer_many`, {bulk['transfers']:,} transfers)", bulk, "≥ 0.5"),
         "",
     ]
     if big is not None:
         points = big["rss_samples_mb"]
-        rss = ", ".join(f"{n // 1000:,}k: {mb:.0f}" for n, mb in points[:: max(1, len(points) // 8)] + points[-1:])
+        shown = points[:: max(1, len(points) // 8)]
+        shown += points[-1:] if shown[-1] != points[-1] else []
+        rss = ", ".join(f"{n // 1000:,}k: {mb:.0f}" for n, mb in shown)
         lines += [
             f"A ledger of {big['entries']:,} entries ({big['accounts']:,} accounts), built with `transfer_many`"
             f" in a child process in {big['build_s']:.0f} s ({big['entries_per_s']:,.0f} entries/s);"
@@ -252,9 +313,51 @@ def report(single: dict[str, Any], bulk: dict[str, Any], big: dict[str, Any] | N
             f" (target < 200 MB, flat). Resident MB as the ledger grew (entries: MB): {rss}.",
             "",
         ]
+    lines += notes(single, bulk, big)
     if profile:
         lines += ["Profile of the 1,000-per-commit path (top by own time):", "", "```", profile, "```", ""]
     return "\n".join(lines)
+
+
+def notes(single: dict[str, Any], bulk: dict[str, Any], big: dict[str, Any] | None) -> list[str]:
+    """What the figures say against the targets, in words (written from the numbers)."""
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**missed**"
+
+    out = [
+        "Reading:",
+        "",
+        f"- Targets: 1 per commit ≥ 0.33 × raw: {verdict(single['ratio'] >= 0.33)} ({single['ratio']:.2f});"
+        f" 1,000 per commit ≥ 0.5 × raw: {verdict(bulk['ratio'] >= 0.5)} ({bulk['ratio']:.2f}).",
+        f"- Why: the rows the invariants need cost more than the targets allow before any engine code runs."
+        f" Raw `sqlite3` writing only the engine's rows reaches {single['rows_vs_raw']:.2f} (1 per commit) and"
+        f" {bulk['rows_vs_raw']:.2f} (1,000 per commit) of the plain transfer: per transfer it inserts two entry rows"
+        " (keyed by sequence, indexed by entry id and by account), a batch row and about four Merkle node rows, and"
+        " rewrites the tree head, where the plain transfer inserts one narrow row. A single commit dirties about"
+        " 8.5 pages against 2. The engine runs at"
+        f" {single['rows_ratio']:.2f} / {bulk['rows_ratio']:.2f} of that floor; the rest is Python per leg"
+        " (validation, leaf bytes, two SHA-256, the frontier append) and per commit (reading accounts and head).",
+        "- Done to get here (from 0.08 / 0.04 at the start): validation before the lock; receipts and batch entries"
+        " built lazily when read; time-ordered ids (random UUIDs scattered index inserts); leaf bytes and amounts"
+        " formatted with integers; Merkle nodes keyed by creation order (one append-only B-tree); partial unique"
+        " indexes; one `executemany` per table. No invariant was relaxed: every entry is hashed and its nodes stored"
+        " in the same transaction.",
+        "- What would move the floor (not done: it changes the storage layout other components and tests read):"
+        " keeping each entry's Merkle nodes in its own row, folding the batch row into the first entry,"
+        " deriving entry ids from batch ids to drop one index.",
+    ]
+    if big is not None:
+        worst = max(big["get_balance_at_seq"]["p99_ms"], big["get_balance_at_time"]["p99_ms"], big["receipt"]["p99_ms"])
+        flat = big["rss_samples_mb"][-1][1] - big["rss_samples_mb"][len(big["rss_samples_mb"]) // 4][1]
+        out.append(
+            f"- At {big['entries']:,} entries: balance-at and receipts {verdict(worst < 5)} (< 5 ms; worst p99"
+            f" {worst:.2f} ms: one index lookup / O(log n) nodes in one query);"
+            f" memory {verdict(big['peak_rss_mb'] < 200)}"
+            f" ({big['peak_rss_mb']:.0f} MB peak; resident memory moved {flat:+.1f} MB over the last three quarters"
+            " of the build: SQLite's page cache, capped at 32 MiB per connection, fills and then stays)."
+        )
+    return [*out, ""]
 
 
 def update_docs(section: str) -> None:

@@ -147,7 +147,7 @@ class LedgerEngine:
         self, transfers: Iterable[tuple[str, str, Decimal | int | str]], *, reference: str | None = None
     ) -> list[LedgerBatch]:
         items = list(transfers)
-        ids = _strings(*(a for t in items if isinstance(t, tuple) for a in t[:2]))
+        ids = _strings(*(a for t in items if isinstance(t, (tuple, list)) for a in t[:2]))
         async with self.lock_account(*ids):
             return await self._call(self.sync.transfer_many, items, reference=reference)
 

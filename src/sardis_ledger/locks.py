@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar, Token
 
-from .errors import LockTimeoutError
+from .errors import LockTimeoutError, ValidationError
 
 __all__ = ["LockManager"]
 
@@ -36,13 +36,17 @@ _Section = tuple["LockManager", object, frozenset[str]]
 _HELD: ContextVar[tuple[_Section, ...]] = ContextVar("sardis_ledger_held_locks", default=())
 
 
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ValidationError("a lock timeout is a non-negative, finite number of seconds", field="timeout")
+    return float(value)
+
+
 class LockManager:
     """In-process account locks. ``timeout`` (seconds) is the default wait."""
 
     def __init__(self, timeout: float = 10.0) -> None:
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
-            raise ValueError("timeout must be a non-negative number of seconds")
-        self.timeout = float(timeout)
+        self.timeout = _seconds(timeout)
         self._owner: dict[str, object] = {}  # account -> token of the open section holding it
         self._cond = threading.Condition()
 
@@ -76,7 +80,7 @@ class LockManager:
         return sorted(set(account_ids) - self.held_here())
 
     def _limit(self, timeout: float | None) -> float:
-        return self.timeout if timeout is None else max(0.0, float(timeout))
+        return self.timeout if timeout is None else _seconds(timeout)
 
     @staticmethod
     def _timeout_error(wanted: list[str], limit: float) -> LockTimeoutError:

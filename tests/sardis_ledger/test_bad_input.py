@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from sardis_ledger import Ledger, LedgerEngine, LedgerError, ValidationError
+from sardis_ledger import Ledger, LedgerEngine, LedgerError, LockManager, ValidationError
 
 BAD_AMOUNTS: list[Any] = [
     -1, 0, Decimal("-0"), Decimal("-5"), Decimal("NaN"), Decimal("sNaN"), Decimal("Infinity"), Decimal("-Infinity"),
@@ -194,3 +194,24 @@ async def _async_engine_refuses(backend_url: str) -> None:
         assert (await engine.tree_head()).tree_size == size
     finally:
         await engine.close()
+
+
+@pytest.mark.parametrize("timeout", [-1, float("nan"), float("inf"), "5", True, None])
+def test_bad_lock_timeouts_are_refused(timeout: Any) -> None:
+    if timeout is not None:
+        with pytest.raises(ValidationError, match="timeout"):
+            LockManager(timeout=timeout)
+
+    async def lock() -> None:
+        engine = LedgerEngine(database_url="memory://")
+        try:
+            async with engine.lock_account("a", timeout=timeout):
+                pass
+        finally:
+            await engine.close()
+
+    if timeout is None:  # None means "the manager's default"
+        asyncio.run(lock())
+    else:
+        with pytest.raises(ValidationError, match="timeout"):
+            asyncio.run(lock())

@@ -189,3 +189,23 @@ def test_self_contained_blocks_run_on_memory(title: str, monkeypatch: pytest.Mon
     asyncio.run(run())
     if title == "Ledger Operations":
         assert ns["balance"] == Decimal(400)
+
+
+def test_without_a_url_the_engine_uses_the_environment_else_an_embedded_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sardis_ledger import LedgerEngine
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LEDGER_DATABASE_URL", f"sqlite:///{tmp_path / 'from_env.db'}")
+    from_env = LedgerEngine()
+    assert from_env.database_url.endswith("from_env.db")
+    assert (tmp_path / "from_env.db").exists()
+    asyncio.run(from_env.close())
+    monkeypatch.delenv("LEDGER_DATABASE_URL")
+    engine = LedgerEngine()
+    assert engine.database_url == "sqlite:///ledger.db"
+    asyncio.run(engine.create_entry("a", 1, "credit"))
+    asyncio.run(engine.close())
+    with Ledger(f"sqlite:///{tmp_path / 'ledger.db'}") as ledger:
+        assert ledger.get_balance("a") == 1

@@ -34,6 +34,7 @@ Amounts are BIGINT minor units, hashes BYTEA, timestamps the engine's ISO text.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -44,7 +45,6 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from ..errors import LedgerError, RetryableStorageError, StorageError
@@ -64,24 +64,32 @@ _ENTRY_COLS = (
 _ACCOUNT_COLS = "account_id, asset, balance, overdraft_limit, metadata, created_at"
 _BATCH_COLS = "batch_id, first_seq, count, created_at, reverses, reason, idempotency_key, request_hash"
 
-_INSERT_ENTRIES = (
-    f"INSERT INTO entries ({_ENTRY_COLS}) SELECT * FROM unnest("
-    "%b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[], %b::text[],"
-    " %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[])"
+# Every write of a transaction goes out as one statement: each table's rows as
+# one JSON array, unpacked server-side (one parameter per table costs the client
+# far less than one per column, and the server parses it once).
+_W_ACCOUNTS = (
+    f"INSERT INTO accounts ({_ACCOUNT_COLS}) SELECT r->>0, r->>1, (r->>2)::bigint, (r->>3)::bigint, r->>4, r->>5"
+    " FROM jsonb_array_elements(%s::jsonb) AS r"
 )
-_INSERT_BATCHES = (
-    f"INSERT INTO batches ({_BATCH_COLS}) SELECT * FROM unnest("
-    "%b::text[], %b::bigint[], %b::int[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])"
+_W_BALANCES = (
+    "UPDATE accounts AS a SET balance = (v->>1)::bigint"
+    " FROM jsonb_array_elements(%s::jsonb) AS v WHERE a.account_id = v->>0"
 )
-_INSERT_ACCOUNTS = (
-    f"INSERT INTO accounts ({_ACCOUNT_COLS}) SELECT * FROM unnest("
-    "%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::text[], %b::text[])"
+_W_BATCHES = (
+    f"INSERT INTO batches ({_BATCH_COLS}) SELECT r->>0, (r->>1)::bigint, (r->>2)::int, r->>3, r->>4, r->>5, r->>6,"
+    " r->>7 FROM jsonb_array_elements(%s::jsonb) AS r"
 )
-_INSERT_NODES = "INSERT INTO nodes (level, idx, hash) SELECT * FROM unnest(%b::int[], %b::bigint[], %b::bytea[])"
-_UPDATE_BALANCES = (
-    "UPDATE accounts AS a SET balance = v.balance"
-    " FROM unnest(%b::text[], %b::bigint[]) AS v(account_id, balance) WHERE a.account_id = v.account_id"
+_W_ENTRIES = (
+    f"INSERT INTO entries ({_ENTRY_COLS}) SELECT (r->>0)::bigint, r->>1, r->>2, r->>3, r->>4, (r->>5)::bigint,"
+    " r->>6, (r->>7)::bigint, r->>8, r->>9, r->>10, r->>11 FROM jsonb_array_elements(%s::jsonb) AS r"
 )
+_W_NODES = (
+    "INSERT INTO nodes (level, idx, hash) SELECT (r->>0)::int, (r->>1)::bigint, decode(r->>2, 'hex')"
+    " FROM jsonb_array_elements(%s::jsonb) AS r"
+)
+_W_HEAD = "UPDATE tree_head SET size = %s, root = %s, updated_at = %s, frontier = %s WHERE id = 1"
+_W_CHECKPOINT = "INSERT INTO checkpoints (seq, balances) VALUES (%s, %s::jsonb)"
+_json = json.JSONEncoder(separators=(",", ":")).encode
 
 _HEAD = "SELECT size, root, updated_at, frontier FROM tree_head WHERE id = 1"
 _HEAD_FOR_UPDATE = _HEAD + " FOR UPDATE"
@@ -157,18 +165,29 @@ class PostgresTransaction(Transaction):
     section in which writers are serialised is one round trip plus the commit.
     """
 
-    __slots__ = ("_batches", "_head", "_nodes", "_pending", "conn", "write")
+    __slots__ = (
+        "_balances", "_batches", "_begin", "_checkpoints", "_entries", "_head", "_new_accounts", "_new_head",
+        "_new_nodes", "_nodes", "conn", "write",
+    )
 
     def __init__(self, conn: psycopg.Connection[Any], write: bool, begin: str) -> None:
         self.conn = conn
         self.write = write
-        self._pending: list[tuple[str, Params]] = [(begin, None)]
-        self._batches: list[BatchRow] = []
+        self._begin: str | None = begin
+        """Sent with the first statement, saving a round trip."""
         self._head: HeadRow | None = None
         """The locked head (write transactions): nobody else can change it."""
         self._nodes: dict[tuple[int, int], bytes] = {}
         """Merkle nodes known in this transaction. Nodes never change once
         written, so any node seen stays valid."""
+        # queued writes
+        self._new_accounts: list[AccountRow] = []
+        self._balances: dict[str, int] = {}
+        self._batches: list[BatchRow] = []
+        self._entries: list[EntryRow] = []
+        self._new_nodes: list[tuple[int, int, bytes]] = []
+        self._new_head: tuple[HeadRow, bytes | None] | None = None
+        self._checkpoints: list[tuple[int, dict[str, int]]] = []
 
     # -- plumbing -----------------------------------------------------------
     def _rows(self, sql: str, params: Params = None) -> list[tuple[Any, ...]]:
@@ -177,35 +196,81 @@ class PostgresTransaction(Transaction):
     def _many(self, statements: Sequence[tuple[str, Params]]) -> list[list[tuple[Any, ...]]]:
         """Run queued writes and ``statements`` in one round trip; rows of each."""
         try:
-            if len(statements) == 1 and not self._pending and not self._batches:
+            queued = self._take_queued()
+            if len(statements) == 1 and not queued:
                 return [self.conn.execute(*statements[0]).fetchall()]
             with self.conn.pipeline():
-                self._send_pending()
+                for sql, params in queued:
+                    self.conn.execute(sql, params)
                 cursors = [self.conn.execute(sql, params) for sql, params in statements]
             return [cur.fetchall() for cur in cursors]
         except psycopg.Error as exc:
             raise _translate(exc, self.conn, "query") from exc
 
-    def _send_pending(self) -> None:
-        pending, self._pending = self._pending, []
-        for sql, params in pending:
-            self.conn.execute(sql, params)
+    def _take_queued(self) -> list[tuple[str, Params]]:
+        """``BEGIN`` if not yet sent, then every queued write as one statement."""
+        out: list[tuple[str, Params]] = []
+        if self._begin is not None:
+            out.append((self._begin, None))
+            self._begin = None
+        parts: list[str] = []
+        params: list[Any] = []
+        if self._new_accounts:
+            # A credit creates its account and sets its balance in one transaction:
+            # one statement cannot update a row it inserts, so insert the final balance.
+            rows = [
+                [a.account_id, a.asset, self._balances.pop(a.account_id, a.balance), a.overdraft_limit, a.metadata,
+                 a.created_at]
+                for a in self._new_accounts
+            ]
+            parts.append(_W_ACCOUNTS)
+            params.append(_json(rows))
+            self._new_accounts = []
+        if self._balances:
+            parts.append(_W_BALANCES)
+            params.append(_json(list(self._balances.items())))
+            self._balances = {}
         if self._batches:
-            # A bulk post inserts one batch row per transfer: one statement for all.
-            rows, self._batches = self._batches, []
-            self.conn.execute(_INSERT_BATCHES, (
-                [r.batch_id for r in rows], [r.first_seq for r in rows], [r.count for r in rows],
-                [r.created_at for r in rows], [r.reverses for r in rows], [r.reason for r in rows],
-                [_escape_key(r.idempotency_key) for r in rows], [r.request_hash for r in rows],
-            ))
-
-    def _queue(self, sql: str, params: Params) -> None:
-        self._pending.append((sql, params))
+            parts.append(_W_BATCHES)
+            params.append(_json([
+                [b.batch_id, b.first_seq, b.count, b.created_at, b.reverses, b.reason, _escape_key(b.idempotency_key),
+                 b.request_hash]
+                for b in self._batches
+            ]))
+            self._batches = []
+        if self._entries:
+            parts.append(_W_ENTRIES)
+            params.append(_json([
+                [e.seq, e.entry_id, e.batch_id, e.account_id, e.asset, e.amount, e.direction, e.running_balance,
+                 e.created_at, e.reference, e.metadata, e.reverses]
+                for e in self._entries
+            ]))
+            self._entries = []
+        if self._new_nodes:
+            parts.append(_W_NODES)
+            params.append(_json([[level, idx, h.hex()] for level, idx, h in self._new_nodes]))
+            self._new_nodes = []
+        if self._new_head is not None:
+            head, frontier = self._new_head
+            parts.append(_W_HEAD)
+            params += [head.size, head.root, head.updated_at, frontier]
+            self._new_head = None
+        for seq, balances in self._checkpoints:
+            parts.append(_W_CHECKPOINT)
+            params += [seq, _json(balances)]
+        self._checkpoints = []
+        if len(parts) == 1:
+            out.append((parts[0], params))
+        elif parts:
+            ctes = ", ".join(f"w{i} AS ({part})" for i, part in enumerate(parts))
+            out.append((f"WITH {ctes} SELECT 1", params))
+        return out
 
     def commit(self) -> None:
         """Send queued writes and COMMIT in one round trip; raise if it did not commit."""
         with self.conn.pipeline():
-            self._send_pending()
+            for sql, params in self._take_queued():
+                self.conn.execute(sql, params)
             cur = self.conn.execute("COMMIT")
         if cur.statusmessage != "COMMIT":  # PostgreSQL answers ROLLBACK to COMMIT of a failed transaction
             raise StorageError(f"PostgreSQL rolled back instead of committing ({cur.statusmessage})")
@@ -388,15 +453,10 @@ class PostgresTransaction(Transaction):
             raise RetryableStorageError(f"asset {code} was registered concurrently with scale {rows[0][0]}")
 
     def insert_accounts(self, rows: Sequence[AccountRow]) -> None:
-        if rows:
-            self._queue(_INSERT_ACCOUNTS, (
-                [r.account_id for r in rows], [r.asset for r in rows], [r.balance for r in rows],
-                [r.overdraft_limit for r in rows], [r.metadata for r in rows], [r.created_at for r in rows],
-            ))
+        self._new_accounts.extend(rows)
 
     def update_balances(self, balances: Mapping[str, int]) -> None:
-        if balances:
-            self._queue(_UPDATE_BALANCES, (list(balances.keys()), list(balances.values())))
+        self._balances.update(balances)
 
     def insert_batch(self, row: BatchRow) -> None:
         self._batches.append(row)
@@ -405,18 +465,11 @@ class PostgresTransaction(Transaction):
         self._batches.extend(rows)
 
     def insert_entries(self, rows: Sequence[EntryRow]) -> None:
-        if rows:
-            self._queue(_INSERT_ENTRIES, (
-                [r.seq for r in rows], [r.entry_id for r in rows], [r.batch_id for r in rows],
-                [r.account_id for r in rows], [r.asset for r in rows], [r.amount for r in rows],
-                [r.direction for r in rows], [r.running_balance for r in rows], [r.created_at for r in rows],
-                [r.reference for r in rows], [r.metadata for r in rows], [r.reverses for r in rows],
-            ))
+        self._entries.extend(rows)
 
     def insert_nodes(self, nodes: Sequence[tuple[int, int, bytes]]) -> None:
-        if nodes:
-            self._nodes.update(((level, idx), h) for level, idx, h in nodes)
-            self._queue(_INSERT_NODES, ([n[0] for n in nodes], [n[1] for n in nodes], [n[2] for n in nodes]))
+        self._nodes.update(((level, idx), h) for level, idx, h in nodes)
+        self._new_nodes.extend(nodes)
 
     def set_head(self, head: HeadRow) -> None:
         # The new frontier is made of nodes this transaction read or wrote; if
@@ -424,15 +477,11 @@ class PostgresTransaction(Transaction):
         coords = frontier_coords(head.size)
         hashes = [self._nodes.get(c) for c in coords]
         frontier = b"".join(h for h in hashes if h is not None) if None not in hashes else None
-        self._queue(
-            "UPDATE tree_head SET size = %s, root = %s, updated_at = %s, frontier = %s WHERE id = 1",
-            (head.size, head.root, head.updated_at, frontier),
-        )
-        if self.write:
-            self._head = head
+        self._new_head = (head, frontier)
+        self._head = head
 
     def insert_checkpoint(self, seq: int, balances: Mapping[str, int]) -> None:
-        self._queue("INSERT INTO checkpoints (seq, balances) VALUES (%s, %s)", (seq, Jsonb(dict(balances))))
+        self._checkpoints.append((seq, dict(balances)))
 
 
 def _conninfo(url: str) -> str:

@@ -21,19 +21,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Security
+from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
+from mesh_fake_ledger.api_deps import PrincipalDep, ServiceDep, _Runtime, get_principal, get_service
 from mesh_fake_ledger.api_models import (
     AccountCreateIn,
     AccountOut,
@@ -54,9 +53,9 @@ from mesh_fake_ledger.api_models import (
 )
 from mesh_fake_ledger.http_errors import error_response
 from mesh_fake_ledger.ledger_service import LedgerConfig, LedgerService
-from mesh_fake_ledger.security import ANONYMOUS_ADMIN, KeyStore, Principal, is_loopback
+from mesh_fake_ledger.security import KeyStore, Principal, is_loopback
 from sardis_ledger.amounts import parse_amount
-from sardis_ledger.errors import AuthError, LedgerError, ValidationError, json_amount
+from sardis_ledger.errors import LedgerError, ValidationError, json_amount
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -146,85 +145,6 @@ class _ExactRoute(APIRoute):
 # -------------------------------------------------------------------- runtime
 
 
-class _Runtime:
-    """What a running app needs, created lazily so importing the module (for the
-    OpenAPI document, or by uvicorn before forking workers) touches no storage."""
-
-    def __init__(
-        self, service: LedgerService | None, config: LedgerConfig | None, keys: KeyStore | None,
-        insecure: bool | None,
-    ) -> None:
-        self._service = service
-        self._owns_service = service is None
-        self._config = config
-        self._keys = keys
-        self._keys_loaded = keys is not None
-        self._insecure = insecure
-        self._lock = threading.Lock()
-
-    @property
-    def insecure(self) -> bool:
-        if self._insecure is None:
-            self._insecure = os.environ.get("LEDGER_INSECURE", "").lower() in ("1", "true", "yes")
-        return self._insecure
-
-    def keys(self) -> KeyStore | None:
-        if not self._keys_loaded:
-            with self._lock:
-                if not self._keys_loaded:
-                    self._keys = KeyStore.from_env()
-                    self._keys_loaded = True
-        return self._keys
-
-    def service(self) -> LedgerService:
-        if self._service is None:
-            with self._lock:
-                if self._service is None:
-                    self._service = LedgerService(self._config or LedgerConfig())
-        return self._service
-
-    def close(self) -> None:
-        if self._owns_service and self._service is not None:
-            self._service.close()
-            self._service = None
-
-
-def _runtime(request: Request) -> _Runtime:
-    rt: _Runtime = request.app.state.ledger_runtime
-    return rt
-
-
-async def get_service(request: Request) -> LedgerService:
-    """Dependency: the app's LedgerService."""
-    return _runtime(request).service()
-
-
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key (see security docs).")
-_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>.")
-
-
-async def get_principal(
-    request: Request,
-    api_key: Annotated[str | None, Security(_api_key_header)] = None,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
-) -> Principal:
-    """Dependency: who is calling. Without configured keys the ledger is open to
-    loopback clients only (unless started insecure); with keys, a key is required."""
-    rt = _runtime(request)
-    keys = rt.keys()
-    if keys is None:
-        client = request.client.host if request.client else None
-        if rt.insecure or is_loopback(client):
-            return ANONYMOUS_ADMIN
-        raise AuthError(
-            "this ledger has no API keys configured, so it serves loopback clients only;"
-            " configure LEDGER_API_KEYS_FILE (or start it insecure)", reason="forbidden",
-        )
-    return keys.authenticate(api_key or (bearer.credentials if bearer else None))
-
-
-ServiceDep = Annotated[LedgerService, Depends(get_service)]
-PrincipalDep = Annotated[Principal, Depends(get_principal)]
 IdempotencyKey = Annotated[
     str | None,
     Header(alias="Idempotency-Key", max_length=200,
@@ -452,11 +372,13 @@ def create_app(
     keys: KeyStore | None = None,
     insecure: bool | None = None,
     routers: Sequence[APIRouter] = (),
+    audit: bool = True,
     title: str = "Mesh Fake Ledger",
 ) -> FastAPI:
     """The ledger API around ``service`` (default: one built from ``config`` or the
     environment on first use). ``keys`` default to ``LEDGER_API_KEYS_FILE`` /
-    ``LEDGER_API_KEYS``; ``routers`` are included after the ledger's own routes."""
+    ``LEDGER_API_KEYS``; ``routers`` are included after the ledger's own routes.
+    ``audit`` adds the evidence routes (signed tree head, proofs, keys, verify)."""
     runtime = _Runtime(service, config, keys, insecure)
 
     @asynccontextmanager
@@ -474,6 +396,11 @@ def create_app(
     )
     application.state.ledger_runtime = runtime
     application.include_router(_build_router())
+    if audit:
+        # Late import: the audit router depends on this module's ServiceDep/PrincipalDep.
+        from mesh_fake_ledger.audit_api import audit_router
+
+        application.include_router(audit_router())
     for extra in routers:
         application.include_router(extra)
 

@@ -38,7 +38,7 @@ from sardis_ledger import Ledger
 from sardis_ledger.errors import ValidationError
 from sardis_ledger.evidence import Evidence
 
-from .api import PrincipalDep, ServiceDep
+from .api_deps import PrincipalDep, ServiceDep
 from .api_models import ErrorOut
 
 __all__ = ["audit_router", "evidence_for", "get_evidence"]

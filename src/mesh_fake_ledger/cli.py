@@ -604,9 +604,31 @@ def _report(exc: BaseException, opts: Options, prog: str) -> int:
     return code
 
 
+_audit_added = False
+
+
+def _add_audit_commands() -> None:
+    """Add ``verify``, ``tree-head``, ``prove``, ``consistency`` and ``keys``.
+
+    Late import: audit_cli reuses this module's options and error handling. When
+    audit_cli is the module being imported first, this runs from :func:`main`."""
+    global _audit_added
+    if _audit_added:
+        return
+    from . import audit_cli
+
+    add_commands(audit_cli.app)
+    _audit_added = True
+
+
+if "mesh_fake_ledger.audit_cli" not in sys.modules:
+    _add_audit_commands()
+
+
 def main(argv: Sequence[str] | None = None, prog_name: str = "mesh-ledger") -> int:
     """Run the CLI and return its exit code; every exception ends here, mapped by
     :func:`exit_code_for`, so no traceback reaches a user without ``--debug``."""
+    _add_audit_commands()
     global _current
     args = list(sys.argv[1:] if argv is None else argv)
     _current = Options(json="--json" in args, debug="--debug" in args)

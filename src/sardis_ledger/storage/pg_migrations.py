@@ -164,9 +164,20 @@ _V3_FRONTIER = """
 ALTER TABLE tree_head ADD COLUMN frontier BYTEA;
 """
 
+_V4_JSON_ROWS = """
+-- Writers send each table's rows as one JSON array. The planner assumes a set
+-- function returns 100 rows, which makes it hash-join the balance update against
+-- a sequential scan of every account; this wrapper says "about one" so the
+-- update probes the primary key for the few accounts a transfer touches.
+CREATE FUNCTION ledger_json_rows(rows JSONB) RETURNS SETOF JSONB
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE ROWS 1
+AS 'SELECT jsonb_array_elements(rows)';
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("initial schema", _V1_INITIAL),
     ("append-only triggers and privileges", _V2_APPEND_ONLY),
     ("Merkle frontier in the tree head", _V3_FRONTIER),
+    ("row-count hint for JSON rows", _V4_JSON_ROWS),
 ]
 """``(name, sql)``; the schema version after applying migration ``i`` is ``i + 1``."""

@@ -14,12 +14,13 @@ How it keeps the storage contract (see :mod:`.base`):
 * **Consistent reads.** Read transactions are REPEATABLE READ READ ONLY: the
   engine reads the head, then entries, nodes and accounts, and needs them to
   describe one moment (``verify`` compares balances with the log).
-* **Fewer round trips.** Connections are in autocommit mode and this module sends
-  ``BEGIN``/``COMMIT`` itself. Writes are queued and sent with the next read or
-  with ``COMMIT`` in one pipeline, and the head row carries the Merkle frontier,
-  so a transfer costs three round trips, one of them plus the commit inside the
-  serialised section. Rows go in as binary ``unnest`` arrays: one statement per
-  table whatever the batch size.
+* **A short serialised section.** Connections are in autocommit mode and this
+  module sends ``BEGIN``/``COMMIT`` itself, pipelined with the first and last
+  statements. Writes are queued and go out as one statement (each table's rows
+  as one JSON array, unpacked by data-modifying CTEs) together with ``COMMIT``;
+  the head row carries the Merkle frontier, so the engine's append reads
+  nothing more. A transfer is two round trips; between the head lock and the
+  commit there is only the engine's own work.
 * **Failures.** Deadlocks, serialization failures, unique violations from racing
   inserts and lost connections (``pg_terminate_backend``, a failed ``COMMIT``,
   a network cut) become :class:`~sardis_ledger.errors.RetryableStorageError`,
@@ -73,7 +74,7 @@ _W_ACCOUNTS = (
 )
 _W_BALANCES = (
     "UPDATE accounts AS a SET balance = (v->>1)::bigint"
-    " FROM jsonb_array_elements(%s::jsonb) AS v WHERE a.account_id = v->>0"
+    " FROM ledger_json_rows(%s::jsonb) AS v WHERE a.account_id = v->>0"
 )
 _W_BATCHES = (
     f"INSERT INTO batches ({_BATCH_COLS}) SELECT r->>0, (r->>1)::bigint, (r->>2)::int, r->>3, r->>4, r->>5, r->>6,"

@@ -12,10 +12,12 @@ what a tree head of size ``n`` commits to.
 Why the write path looks the way it does: a write validates everything it can
 before taking the storage lock (:mod:`sardis_ledger._requests`), then does the
 least possible work inside it (one read of the touched accounts and the tree
-head, one insert per table), and returns receipts whose audit paths are computed
-only when read (:class:`~sardis_ledger.models.LazyReceipt`). Nothing is relaxed
-for speed: every entry is hashed into the log and every node stored in the same
-transaction as the entry.
+head, one insert per table), and returns entries and receipts that are built
+only when read (:class:`~sardis_ledger.models.LazyBatch`,
+:class:`~sardis_ledger.models.LazyReceipt`). Nothing is relaxed for speed: every
+entry is hashed into the log and every node stored in the same transaction as
+the entry. ``bench/bench_engine.py`` measures it; ``docs/benchmarks.md`` says
+where the time goes.
 """
 
 from __future__ import annotations

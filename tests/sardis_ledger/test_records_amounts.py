@@ -147,3 +147,30 @@ def test_lazy_receipt_behaves_like_the_eager_one() -> None:
     assert type(copy) is Receipt
     assert copy == eager
     assert lazy != Receipt(3, 9, "01" * 32, "ff", ("ab",))
+
+
+@settings(max_examples=150)
+@given(before=st.integers(min_value=0, max_value=300), added=st.integers(min_value=1, max_value=70))
+def test_a_commits_proofs_need_only_the_nodes_the_commit_knows(before: int, added: int) -> None:
+    """Receipts are computed after the write from the frontier before it and the nodes
+    it created; no stored node outside those is ever needed (so no storage read)."""
+    from sardis_ledger import merkle
+    from sardis_ledger._proofs import CommitProofs
+
+    class NoStorage:
+        def transaction(self, *, write: bool) -> object:
+            raise AssertionError("a receipt of this commit read storage")
+
+    frontier = merkle.Frontier()
+    all_nodes: dict[tuple[int, int], bytes] = {}
+    for i in range(before):
+        all_nodes.update({(lv, ix): h for lv, ix, h in frontier.append(i.to_bytes(32, "big"))})
+    stack = list(frontier.stack)
+    created = [n for i in range(before, before + added) for n in frontier.append(i.to_bytes(32, "big"))]
+    all_nodes.update({(lv, ix): h for lv, ix, h in created})
+    proofs = CommitProofs(NoStorage(), before + added, stack, created)  # type: ignore[arg-type]
+    root = frontier.root()
+    for index in range(before, before + added):
+        path = [bytes.fromhex(p) for p in proofs(index)]
+        assert path == merkle.inclusion_proof(index, before + added, lambda lv, ix: all_nodes[(lv, ix)])
+        assert merkle.verify_inclusion(index, before + added, index.to_bytes(32, "big"), path, root)

@@ -14,6 +14,15 @@ Rules a backend must keep (the conformance suite checks them):
 * Entries, batches, nodes and checkpoints are insert-only.
 * Leaving the context without an exception commits durably; an exception rolls
   everything back.
+* Library errors are translated at the boundary: a transient failure (deadlock,
+  serialization failure, busy database, lost connection) is
+  :class:`~sardis_ledger.errors.RetryableStorageError`, which the engine retries
+  (batch ids are fixed before the first attempt, so a retry after an unknown
+  commit outcome finds its batch instead of writing it twice); anything else is
+  :class:`~sardis_ledger.errors.StorageError`.
+
+``insert_batches`` and ``nodes_created_by`` have defaults built on the abstract
+methods; a backend overrides them when it can do the same in one statement.
 """
 
 from __future__ import annotations

@@ -214,3 +214,28 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StorageError):
         Ledger(f"sqlite:///{bad}")
+
+
+def test_a_forked_child_uses_its_own_connection(path: Path) -> None:
+    """A Ledger opened before a fork keeps working in the child (multiprocessing's
+    default start method): the child never touches the parent's SQLite handles."""
+    import os
+
+    with Ledger(f"sqlite:///{path}") as ledger:
+        size = ledger.tree_head().tree_size
+        storage = ledger.storage
+        assert isinstance(storage, SQLiteStorage)
+        parents = storage._conn()
+        pid = os.fork()
+        if pid == 0:  # child: write through the inherited object, report by exit code
+            code = 1
+            try:
+                ledger.transfer("bank", "u0", 1)
+                code = 0 if storage._conn() is not parents else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        ledger.transfer("bank", "u0", 1)  # the parent's connection still works
+        assert ledger.tree_head().tree_size == size + 4
+        assert ledger.verify().ok

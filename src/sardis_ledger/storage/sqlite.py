@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -276,12 +277,20 @@ class SQLiteStorage(Storage):
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
+        self._pid = os.getpid()
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._migrate(self._conn())
 
-    # one connection per thread: sqlite3 connections must not be shared between threads
+    # One connection per thread: sqlite3 connections must not be shared between
+    # threads, nor used in a forked child (SQLite forbids carrying them across
+    # fork), so a child abandons the parent's connections and opens its own.
     def _conn(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._local = threading.local()
+            self._all = []
+            self._all_lock = threading.Lock()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()

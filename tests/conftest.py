@@ -31,7 +31,7 @@ def _pg_reachable() -> str | None:
         return f"PostgreSQL at {PG_ADMIN_URL} is unreachable: {exc}"
 
 
-_PG_PROBLEM: str | None | bool = False
+_PG_PROBLEM: str | bool | None = False
 
 
 def pg_problem() -> str | None:

@@ -38,7 +38,7 @@ CREATE TABLE accounts (
     metadata TEXT NOT NULL,
     created_at TEXT COLLATE "C" NOT NULL,
     CONSTRAINT accounts_floor CHECK (balance >= -overdraft_limit)
-);
+) WITH (fillfactor = 50);  -- room on each page for balance updates to stay HOT
 CREATE TABLE entries (
     seq BIGINT PRIMARY KEY CHECK (seq >= 0),
     entry_id TEXT COLLATE "C" NOT NULL UNIQUE,
@@ -60,11 +60,14 @@ CREATE TABLE batches (
     first_seq BIGINT NOT NULL,
     count INTEGER NOT NULL CHECK (count >= 0),
     created_at TEXT COLLATE "C" NOT NULL,
-    reverses TEXT COLLATE "C" UNIQUE,
+    reverses TEXT COLLATE "C",
     reason TEXT,
-    idempotency_key TEXT COLLATE "C" UNIQUE,
+    idempotency_key TEXT COLLATE "C",
     request_hash TEXT
 );
+-- Partial: most batches have neither, and a bulk write should not index NULLs.
+CREATE UNIQUE INDEX batches_reverses ON batches (reverses) WHERE reverses IS NOT NULL;
+CREATE UNIQUE INDEX batches_idempotency ON batches (idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE TABLE nodes (
     level INTEGER NOT NULL,
     idx BIGINT NOT NULL,

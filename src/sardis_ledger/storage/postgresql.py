@@ -106,6 +106,9 @@ _RETRYABLE_SQLSTATES = frozenset({
     "57P03",  # cannot_connect_now
     "25P03",  # idle_in_transaction_session_timeout
 })
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
+"""Default server-side limit on a session idling inside a transaction (override
+with ``?options=-c idle_in_transaction_session_timeout=…`` in the URL)."""
 _IDLE_PING_SECONDS = 5.0
 """A pooled connection idle longer than this is checked before use, so a server
 restart or a killed backend costs a reconnect instead of a failed read."""
@@ -494,6 +497,11 @@ def _conninfo(url: str) -> str:
         raise StorageError(f"invalid PostgreSQL URL: {exc}") from None
     params.setdefault("application_name", "sardis-ledger")
     params.setdefault("connect_timeout", 10)
+    options = str(params.get("options") or "")
+    if "idle_in_transaction_session_timeout" not in options:
+        # A writer that stops (SIGSTOP, a hung host) while holding the head lock
+        # would stall every other writer; the server ends such a session instead.
+        params["options"] = f"{options} -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}".strip()
     return make_conninfo("", **params)
 
 

@@ -12,6 +12,8 @@ where PostgreSQL's text rules differ (collation, NUL).
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import signal
 import threading
 import time
 import uuid
@@ -482,6 +484,34 @@ def test_idle_connections_killed_by_the_server_are_replaced(pg_url: str) -> None
         assert ledger.get_balance("alice") == 10  # a read: not retried by the engine
         ledger.create_entry("alice", 1, "credit")
         assert _backend_pid(ledger) != before
+
+
+def _hold_the_head(url: str, ready: Any) -> None:
+    with Ledger(url) as ledger, ledger.storage.transaction(write=True) as tx:
+        tx.get_accounts(["alice", "bob"])  # the rows and the head are now locked
+        ready.set()
+        time.sleep(600)
+
+
+def test_a_stopped_writer_holding_the_head_lock_does_not_stall_the_others(pg_url: str) -> None:
+    with Ledger(pg_url) as ledger:
+        ledger.create_entry("alice", 10, "credit")
+        ready = SPAWN.Event()
+        holder = SPAWN.Process(target=_hold_the_head, args=(
+            f"{pg_url}?options=-c%20idle_in_transaction_session_timeout%3D1500", ready))
+        holder.start()
+        try:
+            assert ready.wait(60)
+            os.kill(holder.pid, signal.SIGSTOP)  # a hung host: the socket stays open
+            start = time.monotonic()
+            ledger.transfer("alice", "bob", 3)  # waits for the server to end the holder's session
+            waited = time.monotonic() - start
+            assert 1.0 < waited < 30, waited
+        finally:
+            holder.kill()
+            holder.join(10)
+        assert ledger.get_balance("bob") == 3
+        assert ledger.verify().ok
 
 
 # ------------------------------------------------------------------ concurrency

@@ -156,11 +156,11 @@ def _batch(r: Sequence[Any]) -> BatchRow:
 class PostgresTransaction(Transaction):
     """One database transaction on one connection; not shared between threads.
 
-    Writes are queued and sent in a pipeline with the next read or the
-    ``COMMIT``; the engine cannot tell this from immediate writes because every
-    read first sends what is queued. Errors from a queued write therefore
-    surface at that next read or at commit, still inside the transaction, and
-    roll it back.
+    Writes are queued and sent, as one statement, in a pipeline with the next
+    read or the ``COMMIT``; the engine cannot tell this from immediate writes
+    because every read first sends what is queued. Errors from a queued write
+    therefore surface at that next read or at commit, still inside the
+    transaction, and roll it back.
 
     In a write transaction the first ``get_accounts`` also locks the tree head,
     in the same round trip and after the account rows, which is the order the

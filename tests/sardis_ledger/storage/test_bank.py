@@ -233,6 +233,6 @@ def test_bank_with_a_writer_killed_every_second(pg_url: str, tmp_path: Path) -> 
         assert all(not p.is_alive() for p in procs.values()), f"writers did not finish in {DEADLINE}s"
     finally:
         _kill_all(procs)
-    assert kills >= 10, f"only {kills} kills: the writers finished too fast to test anything"
+    assert kills >= 5, f"only {kills} kills: the writers finished too fast to test anything"
     time.sleep(0.5)
     _check(pg_url, seed, [_read_log(tmp_path / f"w{w}.log", w) for w in range(WRITERS)], deadlocks_before)

@@ -78,9 +78,10 @@ def scratch_database() -> Iterator[str]:
 # ------------------------------------------------------------ process harness
 
 
-def _run_processes(target: Any, args_for: list[tuple[Any, ...]], seconds: float) -> float:
+def _run_processes(target: Any, args_for: list[tuple[Any, ...]], seconds: float) -> tuple[float, list[Any]]:
     """Start one process per argument tuple; they warm up, wait for a common
-    start, run for ``seconds`` and report a count. Returns the total per second."""
+    start, run for ``seconds`` and report a count (and extras). Returns the
+    total per second and each process's report."""
     ready, go, out = SPAWN.Queue(), SPAWN.Event(), SPAWN.Queue()
     procs = [SPAWN.Process(target=target, args=(*a, seconds, ready, go, out)) for a in args_for]
     for p in procs:
@@ -98,8 +99,8 @@ def _run_processes(target: Any, args_for: list[tuple[Any, ...]], seconds: float)
     errors = [r for r in results if isinstance(r, str)]
     if errors:
         raise RuntimeError(f"a benchmark process failed: {errors[0]}")
-    done: list[tuple[int, float]] = results
-    return sum(n for n, _ in done) / max(el for _, el in done)
+    done: list[tuple[int, float]] = [(r[0], r[1]) for r in results]
+    return sum(n for n, _ in done) / max(el for _, el in done), results
 
 
 def _engine_writer(url: str, accounts: int, seed: int, seconds: float, ready: Any, go: Any, out: Any) -> None:
@@ -114,17 +115,35 @@ def _engine_writer(url: str, accounts: int, seed: int, seconds: float, ready: An
 
             for _ in range(20):
                 one()
+            backend = _backend_cpu_reader(ledger)
             ready.put(True)
             go.wait(120)
-            n, start = 0, time.perf_counter()
+            n, start, cpu, server = 0, time.perf_counter(), time.process_time(), backend()
             stop = start + seconds
             while time.perf_counter() < stop:
                 one()
                 n += 1
-            out.put((n, time.perf_counter() - start))
+            out.put((n, time.perf_counter() - start, (time.process_time() - cpu) / n, (backend() - server) / n))
     except Exception as exc:  # reported to the parent, which fails the run
         ready.put(False)
         out.put(f"{type(exc).__name__}: {exc}")
+
+
+def _backend_cpu_reader(ledger: Ledger) -> Any:
+    """CPU seconds used so far by the server process behind the ledger's
+    connection (a local server only; NaN otherwise). One writer thread uses one
+    pooled connection, so this is the server's share of its transfers."""
+    with ledger.storage.transaction(write=False) as tx:
+        pid = tx._rows("SELECT pg_backend_pid()")[0][0]  # type: ignore[attr-defined]
+
+    def read() -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    return read
 
 
 def _raw_writer(url: str, accounts: int, seed: int, with_head: bool,
@@ -313,13 +332,15 @@ def run(seconds: float, accounts: int, bulk_batches: int) -> tuple[list[Row], di
         _plain_tables(url, accounts)
 
         for writers in (1, 8):
-            rate = _run_processes(_engine_writer, [(url, accounts, s) for s in range(writers)], seconds)
+            rate, reports = _run_processes(_engine_writer, [(url, accounts, s) for s in range(writers)], seconds)
             rows.append(Row(f"engine `transfer`, {writers} writer process{'es' if writers > 1 else ''}", rate))
+            if writers == 1:
+                cpu_client, cpu_server = reports[0][2], reports[0][3]
         for clients in (1, 8):
             rate = pgbench(url, accounts, clients, seconds)
             rows.append(Row(f"pgbench plain transfer, {clients} client{'s' if clients > 1 else ''}", rate))
         for with_head in (False, True):
-            rate = _run_processes(_raw_writer, [(url, accounts, s, with_head) for s in range(8)], seconds)
+            rate, _ = _run_processes(_raw_writer, [(url, accounts, s, with_head) for s in range(8)], seconds)
             what = "+ one head row locked and updated" if with_head else "accounts locked in order"
             rows.append(Row(f"raw psycopg transfer, 8 processes, {what}", rate))
 
@@ -348,6 +369,8 @@ def run(seconds: float, accounts: int, bulk_batches: int) -> tuple[list[Row], di
         / by["raw psycopg transfer, 8 processes, accounts locked in order"],
         "8 writers / raw with head row": by["engine `transfer`, 8 writer processes"]
         / by["raw psycopg transfer, 8 processes, + one head row locked and updated"],
+        "client cpu us": cpu_client * 1e6,
+        "server cpu us": cpu_server * 1e6,
     }
     return rows, ratios
 
@@ -374,6 +397,11 @@ def markdown(rows: list[Row], ratios: dict[str, float], command: str, seconds: f
         f"| bulk / raw `COPY` | {ratios['bulk / raw COPY']:.2f} | |",
         f"| raw transfer with one head row / without | {ratios['raw with head row / without']:.2f} | |",
         f"| 8 writers / raw transfer with one head row | {ratios['8 writers / raw with head row']:.2f} | |",
+        "",
+        f"CPU per single transfer (1 writer): {ratios['client cpu us']:.0f} µs in the writer process (engine and",
+        f"driver), {ratios['server cpu us']:.0f} µs in its PostgreSQL backend; {os.cpu_count()} cores at that cost",
+        f"allow about {(os.cpu_count() or 1) * 1e6 / (ratios['client cpu us'] + ratios['server cpu us']):,.0f}"
+        " transfers/s with no serialisation at all.",
         "",
         "How to read these. A write transaction locks its account rows (in id order) and then the one",
         "`tree_head` row, and holds them through `COMMIT`, which waits for the WAL flush: appending to",

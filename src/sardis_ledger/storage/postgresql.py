@@ -567,6 +567,10 @@ class PostgresStorage(Storage):
             name=f"sardis-ledger {self._where}",
             open=True,
         )
+        # A ledger dropped without close() (or still open at exit) closes its pool from
+        # the thread that drops it; left to the pool's own __del__, that can run inside
+        # one of the pool's workers, which cannot join itself.
+        self._finalizer = weakref.finalize(self, self._pool.close)
 
     @staticmethod
     def _schema_version(conn: psycopg.Connection[Any]) -> int:
@@ -648,5 +652,5 @@ class PostgresStorage(Storage):
             conn.close()
 
     def close(self) -> None:
-        self._pool.close()
+        self._finalizer()
 

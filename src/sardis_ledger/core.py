@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from . import merkle
 from ._proofs import CommitProofs, all_accounts, receipts_for, stored_node_getter, verify_ledger
@@ -87,6 +87,8 @@ from .storage import Storage, open_storage
 from .storage.base import EntryQuery, Transaction
 
 __all__ = ["MAX_BATCH_LEGS", "MAX_METADATA_BYTES", "MAX_TEXT", "Ledger", "default_database_url"]
+
+T = TypeVar("T")
 
 _sha256 = hashlib.sha256
 _TYPES = {"credit": LedgerEntryType.CREDIT, "debit": LedgerEntryType.DEBIT}
@@ -228,13 +230,16 @@ class Ledger:
         validate_asset_code(code)
         if isinstance(scale, bool) or not isinstance(scale, int) or not 0 <= scale <= 18:
             raise ValidationError("scale must be an integer from 0 to 18", field="scale")
-        with self.storage.transaction(write=True) as tx:
-            existing = tx.assets()
-            if code in existing:
-                if existing[code] != scale:
-                    raise ValidationError(f"asset {code} already has scale {existing[code]}", field="scale")
-            else:
-                tx.insert_asset(code, scale)
+        def attempt(_retry: bool) -> None:
+            with self.storage.transaction(write=True) as tx:
+                existing = tx.assets()
+                if code in existing:
+                    if existing[code] != scale:
+                        raise ValidationError(f"asset {code} already has scale {existing[code]}", field="scale")
+                else:
+                    tx.insert_asset(code, scale)
+
+        self._retrying(attempt)
         self._scales[code] = scale
         return Asset(code, scale)
 
@@ -279,24 +284,30 @@ class Ledger:
         code = validate_asset_code(asset) if asset is not None else self.default_asset.code
         limit = parse_amount(overdraft_limit, None, field="overdraft_limit", allow_zero=True)
         meta = check_metadata(metadata)
-        seen: dict[str, int] = {}
-        with self.storage.transaction(write=True) as tx:
-            scale = self._write_scale(tx, code, seen)
-            limit_minor = minor_units(limit, scale, "overdraft_limit")
-            existing = tx.get_accounts([account_id]).get(account_id)
-            if existing is not None:
-                if not exist_ok:
-                    raise AccountExistsError(f"account {account_id!r} already exists", account_id=account_id)
-                if existing.asset != code or existing.overdraft_limit != limit_minor:
-                    raise AccountExistsError(
-                        f"account {account_id!r} exists with different asset or overdraft limit",
-                        account_id=account_id,
-                    )
-                return self._account(existing, scale)
-            row = AccountRow(account_id, code, 0, limit_minor, meta, now_iso())
-            tx.insert_accounts([row])
-        self._scales.update(seen)
-        return self._account(row, scale)
+        created_at = now_iso()
+
+        def attempt(retry: bool) -> Account:
+            seen: dict[str, int] = {}
+            with self.storage.transaction(write=True) as tx:
+                scale = self._write_scale(tx, code, seen)
+                limit_minor = minor_units(limit, scale, "overdraft_limit")
+                existing = tx.get_accounts([account_id]).get(account_id)
+                if existing is not None:
+                    mine = retry and existing.created_at == created_at and existing.metadata == meta
+                    if not exist_ok and not mine:
+                        raise AccountExistsError(f"account {account_id!r} already exists", account_id=account_id)
+                    if existing.asset != code or existing.overdraft_limit != limit_minor:
+                        raise AccountExistsError(
+                            f"account {account_id!r} exists with different asset or overdraft limit",
+                            account_id=account_id,
+                        )
+                    return self._account(existing, scale)
+                row = AccountRow(account_id, code, 0, limit_minor, meta, created_at)
+                tx.insert_accounts([row])
+            self._scales.update(seen)
+            return self._account(row, scale)
+
+        return self._retrying(attempt)
 
     def get_account(self, account_id: str) -> Account:
         validate_account_id(account_id)
@@ -440,21 +451,44 @@ class Ledger:
             raise IntegrityError("stored tree head does not match its Merkle nodes; run verify()")
         return frontier
 
-    def _post(self, requests: list[Request]) -> list[LedgerBatch]:
-        """Run a write, retrying transient storage failures. Batch ids are fixed
-        before the first attempt, so when a commit's outcome was unknown (the
-        connection died during COMMIT) the retry finds the batch and returns it
-        instead of writing it twice."""
+    def _retrying(self, attempt_once: Callable[[bool], T]) -> T:
+        """Run a write, retrying transient storage failures (deadlock, serialization
+        failure, lost connection). ``attempt_once(retry)`` must be safe to repeat
+        after an unknown commit outcome: it is told when it is a retry."""
         for attempt in range(self.max_attempts):
             try:
-                return self._post_once(requests, retry=attempt > 0)
+                return attempt_once(attempt > 0)
             except RetryableStorageError:
                 if attempt == self.max_attempts - 1:
                     raise
                 time.sleep(min(0.2, 0.002 * 2**attempt) * random.random())
         raise AssertionError("unreachable")
 
-    def _post_once(self, requests: list[Request], *, retry: bool) -> list[LedgerBatch]:
+    def _post(self, requests: list[Request]) -> list[LedgerBatch]:
+        """Run a write with retries. Batch ids are fixed before the first attempt,
+        so when a commit's outcome was unknown (the connection died during COMMIT)
+        the retry finds the batch and returns it instead of writing it twice."""
+        reversed_accounts = self._accounts_of_reversed(requests)
+        return self._retrying(lambda retry: self._post_once(requests, retry=retry, extra_ids=reversed_accounts))
+
+    def _accounts_of_reversed(self, requests: list[Request]) -> set[str]:
+        """Accounts a rollback will touch, read before any lock is taken so they are
+        locked with the others in sorted order, before the tree head (batches never
+        change, so this read cannot go stale)."""
+        targets = [r.reverses for r in requests if r.reverses is not None]
+        if not targets:
+            return set()
+        out: set[str] = set()
+        with self.storage.transaction(write=False) as tx:
+            for batch_id in targets:
+                row = tx.get_batch(batch_id)
+                if row is not None:
+                    out.update(e.account_id for e in tx.entries_by_seq(row.first_seq, row.first_seq + row.count))
+        return out
+
+    def _post_once(
+        self, requests: list[Request], *, retry: bool, extra_ids: set[str] | None = None
+    ) -> list[LedgerBatch]:
         storage = self.storage
         seen_scales: dict[str, int] = {}
         with storage.transaction(write=True) as tx:
@@ -463,6 +497,8 @@ class Ledger:
             # Lock order: accounts (sorted) first, the tree head last, so the serialised
             # section that appends to the Merkle log is as short as possible.
             ids = {lg.account_id for r in requests for lg in r.legs}
+            if extra_ids:
+                ids |= extra_ids
             accounts = tx.get_accounts(sorted(ids)) if ids else {}
             head = tx.head()
             frontier = self._load_frontier(tx, head)

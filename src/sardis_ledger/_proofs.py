@@ -142,6 +142,9 @@ def verify_ledger(
     expected_seq = 0
     pending_nodes: dict[tuple[int, int], bytes] = {}
     bad_nodes: set[tuple[int, int]] = set()
+    # Account ids and metadata strings repeat across entries; each distinct one is
+    # checked once (the check is a pure function of the string).
+    well_formed: dict[tuple[str, str], bool] = {}
     next_cp = 0
     for start in range(0, head.size, max(1, chunk)):
         end = min(start + chunk, head.size)
@@ -159,7 +162,7 @@ def verify_ledger(
             if scale is None:
                 report.fail(f"entry {seq} uses unregistered asset {row.asset!r}", seq)
                 scale = 0
-            _check_row(report, row, accounts.get(row.account_id))
+            _check_row(report, row, accounts.get(row.account_id), well_formed)
             prev = running.get(row.account_id, 0)
             delta = row.amount if row.direction == "credit" else -row.amount
             if prev + delta != row.running_balance:
@@ -221,15 +224,22 @@ def verify_ledger(
     return report
 
 
-def _check_row(report: VerifyReport, row: EntryRow, acct: AccountRow | None) -> None:
+def _check_row(
+    report: VerifyReport, row: EntryRow, acct: AccountRow | None, well_formed: dict[tuple[str, str], bool]
+) -> None:
     seq = row.seq + 1
     if row.amount <= 0 or row.direction not in ("credit", "debit"):
         report.fail(f"entry {seq} has an invalid amount or type", seq)
-    try:
-        validate_account_id(row.account_id)
-        canonical = row.metadata == "{}" or _canonical_object(row.metadata)
-    except (ValueError, TypeError, RecursionError):
-        canonical = False
+    key = (row.account_id, row.metadata)
+    canonical = well_formed.get(key)
+    if canonical is None:
+        try:
+            validate_account_id(row.account_id)
+            canonical = row.metadata == "{}" or _canonical_object(row.metadata)
+        except (ValueError, TypeError, RecursionError):
+            canonical = False
+        if len(well_formed) < 100_000:
+            well_formed[key] = canonical
     if not canonical:
         report.fail(f"entry {seq}: account id or metadata is not in canonical form", seq)
     if acct is None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from .amounts import format_minor
 
-__all__ = ["AccountRow", "BatchRow", "EntryRow", "HeadRow", "leaf_bytes"]
+__all__ = ["AccountRow", "BatchRow", "EntryRow", "HeadRow", "leaf_bytes", "parse_metadata", "parse_ts"]
 
 
 @dataclass(slots=True)
@@ -102,3 +104,16 @@ def leaf_bytes(row: EntryRow, scale: int) -> bytes:
         f'{head},"metadata":{row.metadata},"reference":{_q(row.reference)},"reverses":{_q(row.reverses)},'
         f'"running_balance":"{format_minor(row.running_balance, scale)}","sequence":{row.seq + 1},"v":1}}'
     ).encode("ascii")
+
+
+def parse_ts(text: str) -> datetime:
+    """A stored ``created_at`` back to an aware datetime."""
+    return datetime.fromisoformat(text)
+
+
+def parse_metadata(text: str) -> dict[str, Any]:
+    """Stored canonical metadata back to a dict (most entries have none)."""
+    if text == "{}":
+        return {}
+    value: dict[str, Any] = json.loads(text)
+    return value

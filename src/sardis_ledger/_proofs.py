@@ -145,6 +145,7 @@ def verify_ledger(
     # Account ids and metadata strings repeat across entries; each distinct one is
     # checked once (the check is a pure function of the string).
     well_formed: dict[tuple[str, str], bool] = {}
+    append, hash_leaf = frontier.append, merkle.hash_leaf
     next_cp = 0
     for start in range(0, head.size, max(1, chunk)):
         end = min(start + chunk, head.size)
@@ -153,6 +154,7 @@ def verify_ledger(
             stored = tx.nodes_created_by(start, end)
             due = [s for s in checkpoints[next_cp:] if s <= end]
             cps = {s: cp[1] for s in due if (cp := tx.checkpoint_at_or_before(s)) is not None}
+        report.entries_checked += len(rows)
         for row in rows:
             seq = row.seq + 1
             if row.seq != expected_seq:
@@ -174,18 +176,16 @@ def verify_ledger(
             except (UnicodeEncodeError, ValueError, TypeError):
                 report.fail(f"entry {seq}: stored fields cannot be encoded as a leaf", seq)
                 leaf = b""
-            for level, index, h in frontier.append(merkle.hash_leaf(leaf)):
+            for level, index, h in append(hash_leaf(leaf)):
                 pending_nodes[(level, index)] = h
             expected_seq += 1
-            report.entries_checked += 1
             if next_cp < len(checkpoints) and checkpoints[next_cp] == expected_seq:
                 _check_checkpoint(report, expected_seq, cps.get(expected_seq, {}), running)
                 next_cp += 1
         # Bottom up: a node above a bad leaf (or bad node) is wrong because of it and
         # is not reported again, so the report names the entry that changed.
-        for coord in sorted(pending_nodes):
-            if stored.get(coord) == pending_nodes[coord]:
-                continue
+        mismatched = [coord for coord, h in pending_nodes.items() if stored.get(coord) != h]
+        for coord in sorted(mismatched):
             level, index = coord
             bad_nodes.add(coord)
             if level and ((level - 1, 2 * index) in bad_nodes or (level - 1, 2 * index + 1) in bad_nodes):

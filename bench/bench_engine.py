@@ -31,7 +31,6 @@ import os
 import platform
 import pstats
 import random
-import re
 import resource
 import sqlite3
 import statistics
@@ -43,6 +42,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from docs_section import replace_section
 
 from sardis_ledger import Ledger
 from sardis_ledger.storage.sqlite import SQLiteStorage
@@ -268,7 +269,7 @@ def report(single: dict[str, Any], bulk: dict[str, Any], big: dict[str, Any] | N
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: {os.cpu_count()} cores shared with other engineers' runs (load average {load:.1f} at the start),",
+        f"Machine: {os.cpu_count()} cores (load average {load:.1f} at the start),",
         f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, {datetime.now(UTC):%Y-%m-%d}."
         " Absolute figures are noisy here; the ratio against raw `sqlite3` in the same rounds is what to compare.",
         "",
@@ -360,16 +361,6 @@ def notes(single: dict[str, Any], bulk: dict[str, Any], big: dict[str, Any] | No
     return [*out, ""]
 
 
-def update_docs(section: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip() + "\n\n", text)
-    else:
-        text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
-    DOCS.write_text(text.rstrip() + "\n")
-
-
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         print(json.dumps(scale_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
@@ -396,7 +387,7 @@ def main() -> None:
     section = report(single, bulk, big, command.strip(), load, profile)
     print(section)
     if args.update_docs:
-        update_docs(section)
+        replace_section(SECTION, section)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from docs_section import replace_section
 
 from sardis_ledger import Ledger
 from sardis_ledger.storage.postgresql import PostgresStorage
@@ -382,7 +383,7 @@ def markdown(rows: list[Row], ratios: dict[str, float], command: str, seconds: f
         "",
         f"`{command}` — {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()},",
         f"{_server_version()}; {accounts} accounts, {seconds:g} s per measurement; load average before the run",
-        f"{load[0]:.1f}. **The machine was shared with other engineers' test runs: figures are noisy; the",
+        f"{load[0]:.1f}. **Figures on a 2-core VM are noisy; the",
         "ratios (same server, same run) are what to compare.**",
         "",
         "| what | per second |",
@@ -425,18 +426,6 @@ def _server_version() -> str:
     return f"PostgreSQL {row[0] if row else '?'}"
 
 
-def update_docs(section: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    start = text.find(SECTION + "\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("\n" + text[end + 1 :] if end != -1 else "")
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -453,7 +442,7 @@ def main() -> None:
     if args.json:
         print(json.dumps({"rows": [r.__dict__ for r in rows], "ratios": ratios}, indent=2))
     if args.update_docs:
-        update_docs(section)
+        replace_section(SECTION, section)
 
 
 if __name__ == "__main__":

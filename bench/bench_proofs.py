@@ -44,6 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from docs_section import replace_section  # noqa: E402 - bench/ is the script's directory
+
 from sardis_ledger import Ledger, merkle, verifier  # noqa: E402
 from sardis_ledger.evidence import Evidence  # noqa: E402
 from sardis_ledger.signing import Keyring  # noqa: E402
@@ -250,7 +252,7 @@ def main() -> None:
 
     print(f"signed head: size {sth.tree_size}, key {sth.key_id[:16]}…")
     if args.update_docs:
-        update_docs(section(rows, throughput, size, args, profile_text))
+        replace_section(SECTION, section(rows, throughput, size, args, profile_text))
     led.close()
     raw.close()
 
@@ -269,7 +271,7 @@ def section(rows: list[tuple[str, str, str, str]], throughput: list[tuple[str, s
         "",
         f"Command: `{command.strip()}`",
         "",
-        f"Machine: {os.cpu_count()} cores (shared), Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}.",
+        f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}.",
         "",
         "| operation | p50 ms | p99 ms | vs baseline |",
         "|---|---|---|---|",
@@ -286,18 +288,6 @@ def section(rows: list[tuple[str, str, str, str]], throughput: list[tuple[str, s
     if profile_text:
         lines += ["Profile of `Ledger.verify` (top by own time):", "", "```", profile_text.strip(), "```", ""]
     return "\n".join(lines)
-
-
-def update_docs(section_text: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    start = text.find(SECTION + "\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section_text
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section_text + ("\n" + text[end + 1:] if end != -1 else "")
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ HTTP_STATUS: dict[str, int] = {
     "asset_mismatch": 422,
     "account_not_found": 404,
     "batch_not_found": 404,
+    "entry_not_found": 404,
     "account_exists": 409,
     "insufficient_balance": 409,
     "payment_required": 402,

@@ -50,6 +50,7 @@ from .errors import (
     AccountExistsError,
     AccountNotFoundError,
     BatchNotFoundError,
+    EntryNotFoundError,
     IntegrityError,
     ProofVerificationError,
     RetryableStorageError,
@@ -480,7 +481,7 @@ class Ledger:
         with self.storage.transaction(write=False) as tx:
             row = tx.get_entry(entry_id)
             if row is None:
-                raise ValidationError(f"entry {entry_id!r} does not exist", field="entry_id")
+                raise EntryNotFoundError(f"entry {entry_id!r} does not exist", entry_id=entry_id)
             return self._rows_to_entries(tx, [row], True)[0]
 
     def list_entries(

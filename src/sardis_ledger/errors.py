@@ -10,6 +10,7 @@
     ├── InsufficientBalanceError     a debit would take an account below its floor
     │   └── PaymentRequiredError     (mesh face) the payer cannot pay: HTTP 402
     ├── BatchNotFoundError           rollback or lookup of an unknown batch
+    ├── EntryNotFoundError           lookup of an unknown entry id
     ├── AlreadyReversedError         second rollback of the same batch
     ├── IdempotencyConflictError     same idempotency key, different request
     ├── HoldError                    hold not found, expired, or already settled
@@ -19,7 +20,8 @@
     │   ├── RetryableStorageError    deadlock, serialization failure, lost connection:
     │   │                            the engine retries these itself
     │   └── IntegrityError           stored history does not verify
-    └── ProofVerificationError       a receipt, proof or signed head does not verify
+    ├── ProofVerificationError       a receipt, proof or signed head does not verify
+    └── ChainProviderError           (reconciliation) the chain's JSON-RPC endpoint failed
 
 Each exception carries ``code`` and ``to_json()`` so the HTTP layer and the CLI
 map them in one place and a remote client can rebuild the same exception type.
@@ -37,6 +39,7 @@ __all__ = [
     "AssetMismatchError",
     "AuthError",
     "BatchNotFoundError",
+    "EntryNotFoundError",
     "HoldError",
     "IdempotencyConflictError",
     "InsufficientBalanceError",
@@ -163,6 +166,10 @@ class PaymentRequiredError(InsufficientBalanceError):
 
 class BatchNotFoundError(LedgerError):
     code = "batch_not_found"
+
+
+class EntryNotFoundError(LedgerError):
+    code = "entry_not_found"
 
 
 class AlreadyReversedError(LedgerError):

@@ -102,7 +102,7 @@ def test_a_client_checks_every_head_and_proof(env: Env, tmp_path: Path) -> None:
     ({"sequence": 10**9}, 422, "invalid_request"),
     ({"sequence": 1, "tree_size": 10**9}, 422, "invalid_request"),
     ({"transfer_id": "no-such-transfer"}, 404, "batch_not_found"),
-    ({"entry_id": "no-such-entry"}, 422, "invalid_request"),
+    ({"entry_id": "no-such-entry"}, 404, "entry_not_found"),
 ])
 def test_bad_proof_requests(env: Env, params: dict[str, Any], status: int, code: str) -> None:
     r = env.get("/proofs/inclusion", **params)

@@ -465,3 +465,12 @@ def test_receipt_and_proof_arguments_are_checked(ledger: Ledger) -> None:
     with pytest.raises(ValidationError):
         ledger.consistency_proof(2, 1)
     assert isinstance(ledger.receipt(1), Receipt)
+
+
+def test_unknown_entry_id_is_entry_not_found(ledger: Ledger) -> None:
+    from sardis_ledger import EntryNotFoundError
+
+    ledger.create_entry("a", 1, "credit")
+    with pytest.raises(EntryNotFoundError) as caught:
+        ledger.get_entry("0" * 32)
+    assert caught.value.to_json()["error"] == "entry_not_found"

@@ -64,6 +64,7 @@ import os
 import re
 import threading
 import uuid
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -87,6 +88,17 @@ _PREFIX = re.compile(
     rb'\{"format": "sardis-ledger-json", "version": (\d+), "ledger_id": "([0-9a-f]{32})", "generation": (\d+)'
 )
 
+
+_instances: weakref.WeakSet[JSONFileStorage] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for storage in list(_instances):
+        storage._new_locks()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -156,11 +168,8 @@ class JSONFileStorage(Storage):
         self.lock_timeout = lock_timeout
         self.segment_dir = self.path.with_name(self.path.name + ".d")
         self._tmp = self.path.with_name(self.path.name + ".tmp")
-        self._mutex = threading.RLock()
-        self._flock = FileLock(
-            str(self.path.with_name(self.path.name + ".lock")), thread_local=False, poll_interval=0.002,
-            fallback_to_soft=False,
-        )
+        self._new_locks()
+        _instances.add(self)
         self._reset()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,6 +179,15 @@ class JSONFileStorage(Storage):
             if self._read_prefix() is None and self._is_blank():
                 self._create()
             self._refresh()
+
+    def _new_locks(self) -> None:
+        """Fresh locks; also in a forked child, where filelock refuses an inherited lock
+        and a copied mutex may be held by a parent thread that does not exist here."""
+        self._mutex = threading.RLock()
+        self._flock = FileLock(
+            str(self.path.with_name(self.path.name + ".lock")), thread_local=False, poll_interval=0.002,
+            fallback_to_soft=False,
+        )
 
     def _reset(self) -> None:
         self._ix = Index()
@@ -215,13 +233,18 @@ class JSONFileStorage(Storage):
             assert undo is not None
             try:
                 yield tx
-            except BaseException:
                 tx._closed = True
-                undo.restore(self._ix)
+                if self._ix.mark() != undo.mark or undo.accounts or undo.assets is not None or undo.head is not None:
+                    self._commit(undo)
+            except Exception:
+                tx._closed = True
+                undo.restore(self._ix)  # a no-op when _commit already restored
                 raise
-            tx._closed = True
-            if self._ix.mark() != undo.mark or undo.accounts or undo.assets is not None or undo.head is not None:
-                self._commit(undo)
+            except BaseException:
+                # An interrupt can land anywhere, even inside a restore: drop memory, reload from the file.
+                tx._closed = True
+                self._reset()
+                raise
 
     # ------------------------------------------------------------------ reading
 
@@ -291,12 +314,14 @@ class JSONFileStorage(Storage):
             raise StorageError(f"{self.url!r} has format version {doc.get('version')!r}; this build reads {VERSION}")
         try:
             self._load(doc)
-        except IntegrityError:
-            self._reset()
-            raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             self._reset()
             raise IntegrityError(f"{self.url!r}: malformed head document ({type(exc).__name__}: {exc})") from None
+        except BaseException:
+            # Anything else (IntegrityError, KeyboardInterrupt, MemoryError) may have left a
+            # record half indexed; the next use reloads from scratch.
+            self._reset()
+            raise
 
     def _load(self, doc: dict[str, Any]) -> None:
         ledger_id, generation = doc["ledger_id"], doc["generation"]

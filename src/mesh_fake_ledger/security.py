@@ -72,15 +72,19 @@ def generate_key() -> str:
 
 
 def is_loopback(host: str | None) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1, and
+    127.0.0.0/8 mapped into IPv6, as a dual-stack socket reports IPv4 clients)."""
     if not host:
         return False
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        addr = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback  # Python < 3.13 says False for ::ffff:127.0.0.1
+    return addr.is_loopback
 
 
 @dataclass(frozen=True, slots=True)

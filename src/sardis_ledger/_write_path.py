@@ -105,8 +105,8 @@ def post_once(
     storage = ledger.storage
     seen_scales: dict[str, int] = {}
     with storage.transaction(write=True) as tx:
-        if retry and requests and tx.get_batch(requests[0].batch_id) is not None:
-            return [ledger._batch_from_row(tx, b) for r in requests if (b := tx.get_batch(r.batch_id))]
+        if retry and _committed_before(tx, requests):
+            return [_stored_result(ledger, tx, r) for r in requests]
         # Lock order: accounts (sorted) first, the tree head last, so the serialised
         # section that appends to the Merkle log is as short as possible.
         ids = {lg.account_id for r in requests for lg in r.legs}
@@ -241,6 +241,29 @@ def post_once(
                             CommitProofs(storage, seq, before, nodes), root.hex())
     return _results(results, spans, commit, keys_here)
 
+
+
+def _committed_before(tx: Transaction, requests: list[Request]) -> bool:
+    """Whether an earlier attempt of this write committed (its outcome was unknown).
+    That attempt stored a batch for every request except idempotent replays, which
+    store nothing: the first request found, or not found and without a key, decides."""
+    for r in requests:
+        if tx.get_batch(r.batch_id) is not None:
+            return True
+        if r.idempotency_key is None:
+            return False
+    return False
+
+
+def _stored_result(ledger: Ledger, tx: Transaction, req: Request) -> LedgerBatch:
+    """What the committed attempt returned for ``req``: its batch, or the batch its key replayed."""
+    row = tx.get_batch(req.batch_id)
+    if row is not None:
+        return ledger._batch_from_row(tx, row)
+    prior = tx.find_idempotency(req.idempotency_key) if req.idempotency_key is not None else None
+    if prior is None:
+        raise IntegrityError(f"batch {req.batch_id!r} of a committed write is missing")
+    return ledger._batch_from_row(tx, prior, replayed=True)
 
 
 def _results(

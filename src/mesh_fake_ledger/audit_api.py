@@ -186,6 +186,13 @@ def audit_router(*, prefix: str = "", tags: list[str] | None = None) -> APIRoute
             raise ValidationError("give exactly one of sequence, transfer_id or entry_id", field="sequence")
         bundle = evidence.inclusion_proof(given[0][0], tree_size, kind=given[0][1])
         principal.require_read(_accounts(bundle))
+        if principal.scope == "account":
+            # A leaf carries its account's running balance: a party to a transfer gets
+            # the proofs of its own entries, not its counterparty's balance.
+            bundle["entries"] = [
+                item for item, acct in zip(bundle["entries"], _accounts(bundle), strict=True)
+                if acct == principal.account
+            ]
         return bundle
 
     @router.get("/proofs/consistency", response_model=ConsistencyProofOut, responses=_ERRORS)

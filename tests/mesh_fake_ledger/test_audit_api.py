@@ -4,6 +4,8 @@ HTTP names a tampered entry."""
 
 from __future__ import annotations
 
+import json
+
 import sqlite3
 import textwrap
 from collections.abc import Iterator
@@ -124,7 +126,11 @@ def test_scopes(env: Env) -> None:
     assert env.post("/verify", key=READER).status_code == 403
     mine = transfer(env, "alice", "carol", 1)
     theirs = transfer(env, "carol", "bob", 1)
-    assert env.get("/proofs/inclusion", key=ALICE, transfer_id=mine).status_code == 200
+    own = env.get("/proofs/inclusion", key=ALICE, transfer_id=mine)
+    assert own.status_code == 200
+    # alice proves her own leg; carol's leaf (and running balance) is not hers to see
+    assert [json.loads(e["leaf"])["account_id"] for e in own.json()["entries"]] == ["alice"]
+    assert verifier.verify_inclusion_bundle(own.json(), verifier.load_public_keys(env.get("/keys").json()))
     denied = env.get("/proofs/inclusion", key=ALICE, transfer_id=theirs)
     assert denied.status_code == 403
     assert "leaf" not in denied.text

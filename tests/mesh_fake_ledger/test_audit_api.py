@@ -5,7 +5,6 @@ HTTP names a tampered entry."""
 from __future__ import annotations
 
 import json
-
 import sqlite3
 import textwrap
 from collections.abc import Iterator

@@ -354,7 +354,9 @@ class HoldsAndRefunds:
         for _ in range(10_000):
             page = self.ledger.list_entries(reference=f"refund:{transfer_id}", cursor=cursor, limit=200)
             for entry in page.items:
-                if entry.batch_id not in out:
+                # Only refunds: a caller's job id may equal the reference (charge job_id="refund:<id>").
+                meta = entry.metadata
+                if entry.batch_id not in out and meta.get("kind") == "refund" and meta.get("refunds") == transfer_id:
                     out[entry.batch_id] = self.ledger.get_batch(entry.batch_id)
             if page.next_cursor is None:
                 break

@@ -177,8 +177,10 @@ class Paywall:
                                                    job_id=payment.job_id, status=hold["status"])
                 payment.hold = hold
             else:
+                # A note unique to this request: a retry of the job (done, or failed and refunded)
+                # conflicts (409) instead of replaying the charge and running the job again for free.
                 payment.charge = await self._ledger("charge", payment.payer, payment.receiver, payment.price,
-                                                    payment.job_id)
+                                                    payment.job_id, note=f"paywall request {uuid.uuid4().hex}")
         except AccountNotFoundError as exc:
             if exc.account_id != payment.payer:
                 raise

@@ -113,6 +113,7 @@ class LedgerService(HoldsAndRefunds):
         self.ledger = ledger if ledger is not None else Ledger(self.config.url)
         self._init_holds()
         self._known_accounts: set[str] = set()
+        self._scale: int | None = None
 
     def close(self) -> None:
         self.ledger.close()
@@ -141,11 +142,17 @@ class LedgerService(HoldsAndRefunds):
             "meta": dict(acct.metadata),
         }
 
+    def _amount(self, value: object, field: str = "amount", *, allow_zero: bool = False) -> Decimal:
+        """Validate an amount fully, the asset's decimal places included, before any
+        account is looked at or created: bad input is reported as bad input and
+        never leaves anything behind. (An asset's scale never changes, so it is
+        read once.)"""
+        if self._scale is None:
+            self._scale = self.ledger.get_asset(self.ledger.default_asset.code).scale
+        return parse_amount(value, self._scale, field=field, allow_zero=allow_zero)
+
     def _initial_amount(self, value: Decimal | int | str) -> Decimal:
-        """Validate an opening balance fully (scale included) before the account is
-        created, so a bad amount never leaves an empty account behind."""
-        scale = self.ledger.get_asset(self.ledger.default_asset.code).scale
-        return parse_amount(value, scale, field="initial_balance", allow_zero=True)
+        return self._amount(value, "initial_balance", allow_zero=True)
 
     def create_account(
         self, account_id: str, initial_balance: Decimal | int | str = 0, meta: Mapping[str, Any] | None = None
@@ -273,7 +280,7 @@ class LedgerService(HoldsAndRefunds):
     ) -> dict[str, Any]:
         self._user_account(from_account, "from_account")
         self._user_account(to_account, "to_account")
-        value = parse_amount(amount, None)
+        value = self._amount(amount)
         job = check_job_id(job_id)
         meta = {"kind": "transfer", **note_meta(note)}
         key = user_key(idempotency_key) or (f"job:{job}" if job is not None else None)
@@ -299,7 +306,7 @@ class LedgerService(HoldsAndRefunds):
     ) -> dict[str, Any]:
         """Issue new tokens to an account (an admin operation)."""
         self._user_account(account_id)
-        value = parse_amount(amount, None)
+        value = self._amount(amount)
         meta = {"kind": "credit", **note_meta(reason, "reason")}
         self._ensure_party(account_id)
         entry = self.ledger.create_entry(account_id, value, "credit", metadata=meta,

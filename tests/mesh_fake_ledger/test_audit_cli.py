@@ -100,7 +100,7 @@ def test_prove_and_consistency(db: Path, capsys: pytest.CaptureFixture[str]) -> 
     (["prove", "1", "--tree-size", "0"], 2, "tree size"),
     (["consistency", "4", "2"], 2, "OLD <= NEW"),
     (["consistency", "1", "99"], 2, "sizes"),
-    (["prove", "no-such-transfer"], 2, "does not exist"),
+    (["prove", "no-such-transfer"], 1, "does not exist"),  # unknown id: refused, like an unknown account
 ])
 def test_bad_input_is_a_clear_error(db: Path, capsys: pytest.CaptureFixture[str], args: list[str], code: int,
                                     words: str) -> None:

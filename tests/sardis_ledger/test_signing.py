@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sardis_ledger import Ledger, verifier
-from sardis_ledger.errors import BatchNotFoundError, IntegrityError, StorageError, ValidationError
+from sardis_ledger.errors import BatchNotFoundError, EntryNotFoundError, IntegrityError, StorageError, ValidationError
 from sardis_ledger.evidence import AsyncEvidence, Evidence
 from sardis_ledger.signing import HeadLog, Keyring, TreeHeadSigner, default_key_dir, store_location
 from sardis_ledger.verifier import TreeHeadTracker, VerificationError
@@ -164,7 +164,7 @@ def test_inclusion_proof_refuses_bad_references(ledger: Ledger, tmp_path: Path) 
         ev.inclusion_proof(5, 4)
     with pytest.raises(ValidationError, match="tree size"):
         ev.inclusion_proof(1, 6)
-    with pytest.raises(ValidationError):
+    with pytest.raises(EntryNotFoundError):
         ev.inclusion_proof("no-such-id")
     with pytest.raises(BatchNotFoundError):
         ev.inclusion_proof("no-such-id", kind="transfer")

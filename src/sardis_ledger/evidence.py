@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import merkle
@@ -44,26 +44,14 @@ Progress = Callable[[int, int], None]
 
 
 @dataclass(slots=True)
-class AuditReport:
-    """Outcome of a full audit. ``first_bad_sequence`` names the first bad entry
-    (1-based) when one can be named; ``problems`` says what was found, in order."""
+class AuditReport(VerifyReport):
+    """Outcome of a full audit: the core report plus what only the evidence layer
+    checks (signed heads, the audit store). ``first_bad_sequence`` names the first
+    bad entry (1-based) when one can be named; ``problems`` says what was found."""
 
-    ok: bool = True
-    entries_checked: int = 0
-    tree_size: int = 0
-    root: str = ""
-    first_bad_sequence: int | None = None
-    problems: list[str] = field(default_factory=list)
     signed_heads_checked: int = 0
     audit_store_checked: bool = False
     signed_tree_head: SignedTreeHead | None = None
-
-    def fail(self, message: str, sequence: int | None = None) -> None:
-        self.ok = False
-        if sequence is not None and (self.first_bad_sequence is None or sequence < self.first_bad_sequence):
-            self.first_bad_sequence = sequence
-        if len(self.problems) < 200:
-            self.problems.append(message)
 
     def absorb(self, other: VerifyReport | CrossCheckReport, prefix: str = "", *, sequences: bool = True) -> None:
         """Take in another report's problems; ``sequences=False`` when its numbers
@@ -82,12 +70,7 @@ class AuditReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "ok": self.ok,
-            "entries_checked": self.entries_checked,
-            "tree_size": self.tree_size,
-            "root": self.root,
-            "first_bad_sequence": self.first_bad_sequence,
-            "problems": list(self.problems),
+            **VerifyReport.to_dict(self),
             "signed_heads_checked": self.signed_heads_checked,
             "audit_store_checked": self.audit_store_checked,
             "signed_tree_head": self.signed_tree_head.to_dict() if self.signed_tree_head else None,

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import httpx
 from docs_section import replace_section
+from pg_scratch import scratch_database
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -190,20 +191,6 @@ def direct_charges(database_url: str, seconds: float) -> float:
         return n / (time.perf_counter() - start)
 
 
-@contextlib.contextmanager
-def postgres_database(admin_url: str) -> Iterator[str]:
-    import psycopg
-
-    name = f"ledger_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{admin_url.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def run(seconds: float, connections: int) -> tuple[list[list[str]], list[str]]:
     rows: list[list[str]] = []
     notes: list[str] = []
@@ -222,7 +209,7 @@ def run(seconds: float, connections: int) -> tuple[list[list[str]], list[str]]:
                         db_url = f"sqlite:///{tmp / f'bench-{workers}.db'}"
                     else:
                         assert pg_admin is not None
-                        db_url = stack.enter_context(postgres_database(pg_admin))
+                        db_url = stack.enter_context(scratch_database(pg_admin))
                     url = stack.enter_context(server(db_url, workers, tmp))
                     setup_accounts(url)
                     trivial = drive(url, "GET /health", get_request("/health"), seconds, connections)

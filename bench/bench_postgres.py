@@ -38,14 +38,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from docs_section import replace_section
+from pg_scratch import scratch_database
 
 from sardis_ledger import Ledger
 from sardis_ledger.storage.postgresql import PostgresStorage
@@ -62,18 +61,6 @@ class Row:
     label: str
     per_second: float
     note: str = ""
-
-
-@contextmanager
-def scratch_database() -> Iterator[str]:
-    name = f"ledger_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # ------------------------------------------------------------ process harness
@@ -323,7 +310,7 @@ def bulk_raw(url: str, calls: list[dict[str, Any]], method: str) -> float:
 
 def run(seconds: float, accounts: int, bulk_batches: int) -> tuple[list[Row], dict[str, Any]]:
     rows: list[Row] = []
-    with scratch_database() as url:
+    with scratch_database(ADMIN_URL) as url:
         with Ledger(url) as ledger:
             for i in range(0, accounts, 1000):
                 ledger.post_many([

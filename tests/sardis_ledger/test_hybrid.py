@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -21,22 +18,6 @@ import pytest
 from sardis_ledger import HybridConfig, Ledger, LedgerEntryType, create_hybrid_ledger
 from sardis_ledger.errors import InsufficientBalanceError, ValidationError
 from sardis_ledger.hybrid import HybridLedgerSync
-
-
-@pytest.fixture
-def second_pg_url(pg_url: str) -> Iterator[str]:
-    """Another fresh database on the same server: the audit store's own."""
-    import psycopg
-
-    admin = os.environ.get("LEDGER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    name = f"audit_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{admin.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _seed_block(postgres_url: str, tmp_path: Path, audit_url: str | None = None) -> None:

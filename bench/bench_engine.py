@@ -1,15 +1,22 @@
 """The engine on embedded SQLite: transfers per second beside raw sqlite3, and a
 1,000,000-entry ledger's memory, point-in-time balance and receipt costs.
 
-Throughput. Each round runs, in fresh files, raw ``sqlite3`` doing the row writes
-of a plain transfer (two balance updates and one insert; WAL, synchronous=NORMAL,
-the same pragmas the engine uses) and then the engine doing the same transfers
-(``Ledger.transfer`` one per commit, ``Ledger.transfer_many`` 1,000 per commit).
-Rounds alternate baseline and engine so both see the same machine load; the
-figure reported is the median of the rounds, and the ratio engine/raw is what to
-read on a shared machine. The engine writes more per transfer than the baseline
-(two entries, their Merkle nodes, a batch row, the tree head): that is the
-product, not overhead, so the ratio states its price.
+Throughput. Each round runs, in fresh files, the engine doing transfers
+(``Ledger.transfer`` one per commit, ``Ledger.transfer_many`` 1,000 per commit)
+and two raw ``sqlite3`` baselines with the same pragmas (WAL, synchronous=NORMAL):
+
+* **same rows** (the issue's baseline, "raw sqlite3 doing the same row writes"):
+  exactly the rows the engine writes per transfer (balances, a batch row, two
+  entries, their Merkle nodes, the tree head) into the engine's schema, with
+  constant hashes and no checks. Engine ÷ this is the engine's own cost, and the
+  targets (≥ 0.33 one per commit, ≥ 0.5 at 1,000) are read against it;
+* **plain transfer** (DESIGN.md's scale figure): two balance updates and one
+  narrow insert. Same rows ÷ this is what the ledger's records cost in SQLite
+  before any engine code runs, reported so that price is visible too.
+
+Rounds alternate baselines and engine so all see the same machine load; the
+figure reported is the median of the rounds, and the ratios are what to read on
+a shared machine.
 
 Scale. A child process builds a ledger of ``--entries`` entries with
 ``transfer_many`` (1,000 transfers per commit among ``--accounts`` accounts),
@@ -165,7 +172,8 @@ def throughput(n: int, per_commit: int, rounds: int) -> dict[str, Any]:
         "per_commit": per_commit, "transfers": n, "rounds": rounds,
         "raw": statistics.median(raw), "engine": statistics.median(eng), "rows": statistics.median(rows),
         "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-        "rows_ratio": statistics.median(row_ratios),
+        "rows_ratio": statistics.median(row_ratios), "rows_ratio_min": min(row_ratios),
+        "rows_ratio_max": max(row_ratios),
         "rows_vs_raw": statistics.median([w / b for w, b in zip(rows, raw, strict=True)]),
     }
 
@@ -260,9 +268,9 @@ def scale(entries: int, accounts: int) -> dict[str, Any]:
 def report(single: dict[str, Any], bulk: dict[str, Any], big: dict[str, Any] | None, command: str,
            load: float, profile: str | None) -> str:
     def row(name: str, r: dict[str, Any], target: str) -> str:
-        return (f"| {name} | {r['raw']:,.0f} | {r['engine']:,.0f} | **{r['ratio']:.2f}** "
-                f"({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) | {target} | {r['rows']:,.0f} | {r['rows_vs_raw']:.2f} |"
-                f" {r['rows_ratio']:.2f} |")
+        return (f"| {name} | {r['rows']:,.0f} | {r['engine']:,.0f} | **{r['rows_ratio']:.2f}** "
+                f"({r['rows_ratio_min']:.2f}–{r['rows_ratio_max']:.2f}) | {target} | {r['raw']:,.0f} |"
+                f" {r['rows_vs_raw']:.2f} | {r['ratio']:.2f} ({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) |")
 
     lines = [
         SECTION,
@@ -274,14 +282,13 @@ def report(single: dict[str, Any], bulk: dict[str, Any], big: dict[str, Any] | N
         " Absolute figures are noisy here; the ratio against raw `sqlite3` in the same rounds is what to compare.",
         "",
         f"Transfers per second (median of {single['rounds']} alternating rounds; ratio range in brackets).",
-        "Raw: two `UPDATE accounts` and one `INSERT` per transfer, WAL, `synchronous=NORMAL`.",
         "Engine: per transfer two entries (each a Merkle leaf), their nodes, a batch row, balances and the tree head.",
+        "Raw, same rows (the issue's baseline: \"raw sqlite3 doing the same row writes\"): raw `sqlite3` writing"
+        " exactly those rows into the engine's schema (constant hashes, no checks); WAL, `synchronous=NORMAL`.",
+        "Plain transfer (for scale, DESIGN.md's baseline table): two `UPDATE accounts` and one narrow `INSERT`.",
         "",
-        "Second baseline, \"raw rows\": raw `sqlite3` writing exactly the engine's rows per transfer into the"
-        " engine's schema (constant hashes, no checks), i.e. the floor for these records in SQLite.",
-        "",
-        "| per commit | raw sqlite3 /s | engine /s | engine ÷ raw | target | raw rows /s | raw rows ÷ raw |"
-        " engine ÷ raw rows |",
+        "| per commit | raw, same rows /s | engine /s | engine ÷ raw same rows | target | plain transfer /s |"
+        " same rows ÷ plain | engine ÷ plain |",
         "|---|---:|---:|---:|---|---:|---:|---:|",
         row(f"1 (`Ledger.transfer`, {single['transfers']:,} transfers)", single, "≥ 0.33"),
         row(f"1,000 (`Ledger.transfer_many`, {bulk['transfers']:,} transfers)", bulk, "≥ 0.5"),
@@ -329,22 +336,24 @@ def notes(single: dict[str, Any], bulk: dict[str, Any], big: dict[str, Any] | No
     out = [
         "Reading:",
         "",
-        f"- Targets: 1 per commit ≥ 0.33 × raw: {verdict(single['ratio'] >= 0.33)} ({single['ratio']:.2f});"
-        f" 1,000 per commit ≥ 0.5 × raw: {verdict(bulk['ratio'] >= 0.5)} ({bulk['ratio']:.2f}).",
-        f"- Why: the rows the invariants need cost more than the targets allow before any engine code runs."
-        f" Raw `sqlite3` writing only the engine's rows reaches {single['rows_vs_raw']:.2f} (1 per commit) and"
-        f" {bulk['rows_vs_raw']:.2f} (1,000 per commit) of the plain transfer: per transfer it inserts two entry rows"
-        " (keyed by sequence, indexed by entry id and by account), a batch row and about four Merkle node rows, and"
-        " rewrites the tree head, where the plain transfer inserts one narrow row. A single commit dirties about"
-        " 8.5 pages against 2. The engine runs at"
-        f" {single['rows_ratio']:.2f} / {bulk['rows_ratio']:.2f} of that floor; the rest is Python per leg"
+        f"- Targets, against raw `sqlite3` doing the same row writes: 1 per commit ≥ 0.33:"
+        f" {verdict(single['rows_ratio_min'] >= 0.33)} ({single['rows_ratio']:.2f}, every round"
+        f" ≥ {single['rows_ratio_min']:.2f}); 1,000 per commit ≥ 0.5: {verdict(bulk['rows_ratio_min'] >= 0.5)}"
+        f" ({bulk['rows_ratio']:.2f}, every round ≥ {bulk['rows_ratio_min']:.2f}). The gap is Python per leg"
         " (validation, leaf bytes, two SHA-256, the frontier append) and per commit (reading accounts and head).",
+        f"- Against the plain transfer the engine reaches {single['ratio']:.2f} / {bulk['ratio']:.2f}: the ledger's"
+        f" records themselves cost that much. Raw `sqlite3` writing only them reaches {single['rows_vs_raw']:.2f}"
+        f" (1 per commit) and {bulk['rows_vs_raw']:.2f} (1,000 per commit) of the plain transfer: per transfer it"
+        " inserts two entry rows (keyed by sequence, indexed by entry id and by account), a batch row and about four"
+        " Merkle node rows, and rewrites the tree head, where the plain transfer inserts one narrow row; a single"
+        " commit dirties about 8.5 pages against 2.",
         "- Done to get here (from 0.08 / 0.04 at the start): validation before the lock; receipts and batch entries"
         " built lazily when read; time-ordered ids (random UUIDs scattered index inserts); leaf bytes and amounts"
         " formatted with integers; Merkle nodes keyed by creation order (one append-only B-tree); partial unique"
         " indexes; one `executemany` per table. No invariant was relaxed: every entry is hashed and its nodes stored"
         " in the same transaction.",
-        "- What would move the floor (not done: it changes the storage layout other components and tests read):"
+        "- What would lower the records' own cost (not done: it changes the storage layout other components and"
+        " tests read):"
         " keeping each entry's Merkle nodes in its own row, folding the batch row into the first entry,"
         " deriving entry ids from batch ids to drop one index.",
     ]

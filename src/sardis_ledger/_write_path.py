@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 _sha256 = hashlib.sha256  # bound once: called per leg on the hot path
 _TYPES = {"credit": LedgerEntryType.CREDIT, "debit": LedgerEntryType.DEBIT}
+STREAM_ENTRIES = 500
+"""Entries a bulk write builds before handing them to the storage (see
+:meth:`~sardis_ledger.storage.base.Transaction.send_writes`)."""
 
 
 class CommitEntries:
@@ -132,6 +135,7 @@ def post_once(
         reversed_here: set[str] = set()
         append = frontier.append
         seq = head.size
+        sent_batches = sent_entries = sent_nodes = 0
         last_amount: Decimal | None = None
         last_scale = last_units = -1
         for req in requests:
@@ -219,13 +223,24 @@ def post_once(
             ))
             spans[batch_id] = (first - head.size, seq - head.size)
             results.append(req)
+            if len(entries) - sent_entries >= STREAM_ENTRIES:
+                # A bulk write hands finished rows to the storage as it goes (a
+                # client/server backend inserts them while the rest is built).
+                tx.insert_batches(batches[sent_batches:])
+                tx.insert_entries(entries[sent_entries:])
+                tx.insert_nodes(nodes[sent_nodes:])
+                tx.send_writes()
+                sent_batches, sent_entries, sent_nodes = len(batches), len(entries), len(nodes)
         if entries or batches:
             if new_accounts:
                 tx.insert_accounts(new_accounts)
             tx.update_balances(balances)
-            tx.insert_batches(batches)
-            tx.insert_entries(entries)
-            tx.insert_nodes(nodes)
+            if len(batches) > sent_batches:
+                tx.insert_batches(batches[sent_batches:])
+            if len(entries) > sent_entries:
+                tx.insert_entries(entries[sent_entries:])
+            if len(nodes) > sent_nodes:
+                tx.insert_nodes(nodes[sent_nodes:])
             root = frontier.root()
             tx.set_head(HeadRow(seq, root, created_at))
             if head.size // ledger.checkpoint_interval != seq // ledger.checkpoint_interval:

@@ -180,6 +180,31 @@ def test_transfer_many_is_one_atomic_commit(ledger: Ledger) -> None:
     assert (ledger.get_balance("a"), ledger.get_balance("b"), ledger.get_balance("c")) == (6, 0, 4)
 
 
+def test_bulk_write_streamed_in_chunks_is_still_one_commit(ledger: Ledger) -> None:
+    """A bulk write hands its rows to the storage in chunks (``STREAM_ENTRIES``);
+    a refusal after several chunks went out still leaves nothing behind, and a
+    write of several chunks reads back whole, in order, with valid receipts."""
+    from sardis_ledger._write_path import STREAM_ENTRIES
+
+    n = STREAM_ENTRIES + STREAM_ENTRIES // 2  # transfers: three chunks of entries
+    ledger.create_entry("a", n, "credit")
+    size = _size(ledger)
+    with pytest.raises(InsufficientBalanceError):
+        ledger.transfer_many([("a", f"b{i % 5}", 1) for i in range(n)] + [("a", "b0", 1)])
+    assert _size(ledger) == size
+    assert ledger.get_balance("a") == n
+    assert ledger.list_entries(account_id="b0", limit=1).items == ()
+    batches = ledger.transfer_many([("a", f"b{i % 5}", 1) for i in range(n)])
+    assert _size(ledger) == size + 2 * n
+    assert [e.sequence for b in batches for e in b.entries] == list(range(size + 1, size + 2 * n + 1))
+    assert ledger.get_balance("a") == 0
+    assert sum(ledger.get_balance(f"b{i}") for i in range(5)) == n
+    for b in (batches[0], batches[n // 2], batches[-1]):
+        assert ledger.get_batch(b.batch_id) == b
+        assert all(ledger.verify_receipt(e) for e in b.entries)
+    assert ledger.verify().ok
+
+
 def test_post_many_commits_all_batches_or_none(ledger: Ledger) -> None:
     ok = [{"account_id": "m", "amount": 1, "entry_type": "credit"}]
     bad = [{"account_id": "m", "amount": 99, "entry_type": "debit"}]

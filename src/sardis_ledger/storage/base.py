@@ -139,6 +139,14 @@ class Transaction(ABC):
         for row in rows:
             self.insert_batch(row)
 
+    def send_writes(self) -> None:  # noqa: B027 - optional hook
+        """The writes so far may go to the server now, while the caller computes more.
+
+        A bulk write calls this between chunks so a client/server backend can
+        insert one chunk while the engine builds the next; the writes stay in
+        the same transaction, and an error in them still surfaces at the next
+        read or at commit. Embedded backends write as they are called."""
+
     def nodes_created_by(self, start: int, end: int) -> dict[tuple[int, int], bytes]:
         """Stored nodes that appending leaves ``start..end-1`` created (what ``verify``
         compares a chunk of entries against), keyed by ``(level, index)``."""

@@ -14,7 +14,7 @@ Measured, each for ``--seconds``:
   every commit on one row costs on this disk, whatever runs on top of it;
 * **bulk**: ``Ledger.transfer_many`` of 1,000 transfers per call, beside raw SQL
   writing the same rows into the same schema (1,000 batch rows, 2,000 entries,
-  the Merkle nodes, the balances, the head), with psycopg ``executemany`` and
+  the Merkle nodes as one block row, the balances, the head), with psycopg ``executemany`` and
   with binary ``COPY``.
 
 Ratios against the baselines are what to read: the machine may be shared.
@@ -48,6 +48,7 @@ from docs_section import replace_section
 from pg_scratch import scratch_database
 
 from sardis_ledger import Ledger
+from sardis_ledger.merkle import node_position
 from sardis_ledger.storage.postgresql import PostgresStorage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -384,7 +385,9 @@ def _raw_bulk_rows(accounts: int, first_seq: int, batches: int) -> list[dict[str
                     level, idx = level + 1, idx >> 1
                     nodes.append((level, idx, secrets.token_bytes(32)))
                 seq += 1
-        out.append({"entries": entries, "batches": batch_rows, "nodes": nodes, "balances": touched, "size": seq})
+        # nodes as the engine stores them: the run a write creates, as one block row
+        block = (node_position(nodes[0][0], nodes[0][1]), b"".join(h for _, _, h in nodes))
+        out.append({"entries": entries, "batches": batch_rows, "nodes": [block], "balances": touched, "size": seq})
     return out
 
 
@@ -406,13 +409,13 @@ def bulk_raw(url: str, calls: list[dict[str, Any]], method: str) -> float:
                                 call["batches"])
                 cur.executemany(f"INSERT INTO entries ({ENTRY_COLS}) VALUES ({', '.join(['%s'] * 12)})",
                                 call["entries"])
-                cur.executemany("INSERT INTO nodes (level, idx, hash) VALUES (%s, %s, %s)", call["nodes"])
+                cur.executemany("INSERT INTO node_blocks (first_pos, hashes) VALUES (%s, %s)", call["nodes"])
             else:
                 cur.executemany("UPDATE accounts SET balance = %s WHERE account_id = %s",
                                 [(v, k) for k, v in call["balances"].items()])
                 for table, cols, rows in (("batches", BATCH_COLS, call["batches"]),
                                           ("entries", ENTRY_COLS, call["entries"]),
-                                          ("nodes", "level, idx, hash", call["nodes"])):
+                                          ("node_blocks", "first_pos, hashes", call["nodes"])):
                     with cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
                         for r in rows:
                             copy.write_row(r)

@@ -25,7 +25,7 @@ from sardis_ledger.evidence import AuditReport, Evidence
 from sardis_ledger.signing import HeadLog, Keyring
 from sardis_ledger.verifier import TreeHeadTracker, VerificationError
 
-TABLES = ("assets", "accounts", "batches", "entries", "nodes", "tree_head", "checkpoints")
+TABLES = ("assets", "accounts", "batches", "entries", "nodes", "node_blocks", "tree_head", "checkpoints")  # PostgreSQL
 
 
 @dataclass
@@ -66,17 +66,36 @@ class Store:
         finally:
             raw.close()
 
-    def node_where(self, level: int, index: int) -> tuple[str, list[int]]:
-        """SQL condition for one stored Merkle node, whichever way this schema keys nodes
-        (``(level, idx)``, or ``pos``: the node's place in creation order)."""
+    def set_node(self, level: int, index: int, digest: bytes) -> None:
+        """Overwrite one stored Merkle node, however this schema stores nodes: one
+        row per node keyed by creation-order place (SQLite), or blocks of places,
+        one per write (PostgreSQL)."""
+        pos = merkle.node_position(level, index)
         if self.pg:
-            has_pos = self.one("SELECT count(*) FROM information_schema.columns WHERE table_name = 'nodes'"
-                               " AND column_name = 'pos'")
+            self.execute((
+                "UPDATE node_blocks SET hashes = overlay(hashes placing ? from (? - first_pos)::int * 32 + 1 for 32)"
+                " WHERE first_pos = (SELECT max(first_pos) FROM node_blocks WHERE first_pos <= ?)",
+                [digest, pos, pos],
+            ))
         else:
-            has_pos = self.one("SELECT count(*) FROM pragma_table_info('nodes') WHERE name = 'pos'")
-        if has_pos:
-            return "pos = ?", [merkle.node_position(level, index)]  # type: ignore[attr-defined,unused-ignore]
-        return "level = ? AND idx = ?", [level, index]
+            self.execute(("UPDATE nodes SET hash = ? WHERE pos = ?", [digest, pos]))
+
+    def delete_node(self, level: int, index: int) -> None:
+        """Remove one stored Merkle node; its neighbours stay."""
+        pos = merkle.node_position(level, index)
+        if not self.pg:
+            self.execute(("DELETE FROM nodes WHERE pos = ?", [pos]))
+            return
+        first = self.one("SELECT max(first_pos) FROM node_blocks WHERE first_pos <= ?", [pos])
+        blob = bytes(self.one("SELECT hashes FROM node_blocks WHERE first_pos = ?", [first]))
+        k = pos - first
+        before, after = blob[: 32 * k], blob[32 * k + 32 :]
+        statements: list[tuple[str, Sequence[Any]]] = [("DELETE FROM node_blocks WHERE first_pos = ?", [first])]
+        if before:
+            statements.append(("INSERT INTO node_blocks VALUES (?, ?)", [first, before]))
+        if after:
+            statements.append(("INSERT INTO node_blocks VALUES (?, ?)", [pos + 1, after]))
+        self.execute(*statements)
 
     def one(self, sql: str, args: Sequence[Any] = ()) -> Any:
         if self.pg:
@@ -175,23 +194,20 @@ def test_account_balance(ledger_url: str, tmp_path: Path) -> None:
 
 def test_a_leaf_node(ledger_url: str, tmp_path: Path) -> None:
     store = Store(ledger_url)
-    where, args = store.node_where(0, 8)
-    store.execute((f"UPDATE nodes SET hash = ? WHERE {where}", [b"\x01" * 32, *args]))
+    store.set_node(0, 8, b"\x01" * 32)
     assert_caught(audit(ledger_url, tmp_path), 9, "entry 9: stored leaf hash")
 
 
 def test_an_interior_node(ledger_url: str, tmp_path: Path) -> None:
     store = Store(ledger_url)
-    where, args = store.node_where(2, 1)
-    store.execute((f"UPDATE nodes SET hash = ? WHERE {where}", [b"\x02" * 32, *args]))
+    store.set_node(2, 1, b"\x02" * 32)
     # the node covers entries 5-8; no entry's own fields changed, so the range's first is named
     assert_caught(audit(ledger_url, tmp_path), 5, "Merkle node (2, 1)")
 
 
 def test_a_deleted_node(ledger_url: str, tmp_path: Path) -> None:
     store = Store(ledger_url)
-    where, args = store.node_where(1, 2)
-    store.execute((f"DELETE FROM nodes WHERE {where}", args))
+    store.delete_node(1, 2)
     assert_caught(audit(ledger_url, tmp_path), 5, "Merkle node (1, 2)")
 
 

@@ -177,10 +177,32 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE ROWS 1
 AS 'SELECT jsonb_array_elements(rows)';
 """
 
+_V5_NODE_BLOCKS = """
+-- Merkle nodes as the runs that writes create: a write's new nodes occupy
+-- consecutive places in creation order (sardis_ledger.merkle.node_position), so
+-- they are stored as one row of 32-byte hashes keyed by the first place, instead
+-- of one row (and one index entry) per node. Nodes written before this version
+-- stay in `nodes` and are still read from there.
+CREATE TABLE node_blocks (
+    first_pos BIGINT PRIMARY KEY CHECK (first_pos >= 0),
+    hashes BYTEA NOT NULL CHECK (octet_length(hashes) > 0 AND octet_length(hashes) % 32 = 0)
+);
+-- Uncompressed out-of-line storage: hashes do not compress, and a proof reads
+-- 32-byte slices of a block without fetching the rest.
+ALTER TABLE node_blocks ALTER COLUMN hashes SET STORAGE EXTERNAL;
+CREATE TRIGGER node_blocks_append_only BEFORE UPDATE OR DELETE ON node_blocks
+    FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();
+CREATE TRIGGER node_blocks_no_truncate BEFORE TRUNCATE ON node_blocks
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change();
+REVOKE UPDATE, DELETE, TRUNCATE ON node_blocks FROM PUBLIC;
+REVOKE UPDATE, DELETE, TRUNCATE ON node_blocks FROM CURRENT_USER;
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("initial schema", _V1_INITIAL),
     ("append-only triggers and privileges", _V2_APPEND_ONLY),
     ("Merkle frontier in the tree head", _V3_FRONTIER),
     ("row-count hint for JSON rows", _V4_JSON_ROWS),
+    ("Merkle nodes stored as one block per write", _V5_NODE_BLOCKS),
 ]
 """``(name, sql)``; the schema version after applying migration ``i`` is ``i + 1``."""

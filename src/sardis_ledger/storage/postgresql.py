@@ -49,7 +49,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
 from ..errors import LedgerError, RetryableStorageError, StorageError
-from ..merkle import frontier_coords
+from ..merkle import created_by, frontier_coords, node_position
 from ..records import AccountRow, BatchRow, EntryRow, HeadRow
 from .base import EntryQuery, Storage, Transaction
 from .pg_migrations import MIGRATION_LOCK_KEY, MIGRATIONS, VERSION_TABLE
@@ -84,9 +84,23 @@ _W_ENTRIES = (
     f"INSERT INTO entries ({_ENTRY_COLS}) SELECT (r->>0)::bigint, r->>1, r->>2, r->>3, r->>4, (r->>5)::bigint,"
     " r->>6, (r->>7)::bigint, r->>8, r->>9, r->>10, r->>11 FROM jsonb_array_elements(%s::jsonb) AS r"
 )
-_W_NODES = (
-    "INSERT INTO nodes (level, idx, hash) SELECT (r->>0)::int, (r->>1)::bigint, decode(r->>2, 'hex')"
-    " FROM jsonb_array_elements(%s::jsonb) AS r"
+_W_NODES = "INSERT INTO node_blocks (first_pos, hashes) VALUES (%s, %s)"
+# Nodes by creation-order place: the block that holds each place, then its slice.
+_NODES_AT = (
+    "SELECT w.p, substring(b.hashes FROM ((w.p - b.first_pos) * 32 + 1)::int FOR 32)"
+    " FROM unnest(%s::bigint[]) AS w(p) JOIN LATERAL (SELECT first_pos, hashes FROM node_blocks"
+    " WHERE first_pos <= w.p ORDER BY first_pos DESC LIMIT 1) AS b ON w.p < b.first_pos + octet_length(b.hashes) / 32"
+)
+# Every block overlapping the places lo..hi (the first may start before lo).
+_NODE_SPAN = (
+    "SELECT first_pos, hashes FROM node_blocks WHERE first_pos <= %s"
+    " AND first_pos >= coalesce((SELECT max(first_pos) FROM node_blocks WHERE first_pos <= %s), 0)"
+    " ORDER BY first_pos"
+)
+# Schema versions before 5 kept one row per node, keyed by (level, idx).
+_LEGACY_NODES = (
+    "SELECT n.level, n.idx, n.hash FROM unnest(%s::int[], %s::bigint[]) AS w(level, idx)"
+    " JOIN nodes n ON n.level = w.level AND n.idx = w.idx"
 )
 _W_HEAD = "UPDATE tree_head SET size = %s, root = %s, updated_at = %s, frontier = %s WHERE id = 1"
 _W_CHECKPOINT = "INSERT INTO checkpoints (seq, balances) VALUES (%s, %s::jsonb)"
@@ -255,9 +269,12 @@ class PostgresTransaction(Transaction):
             ]))
             self._entries = []
         if self._new_nodes:
+            nodes, self._new_nodes = self._new_nodes, []
+            first = node_position(nodes[0][0], nodes[0][1])
+            if node_position(nodes[-1][0], nodes[-1][1]) != first + len(nodes) - 1:
+                raise StorageError("Merkle nodes must be inserted in the order appends create them")
             parts.append(_W_NODES)
-            params.append(_json([[level, idx, h.hex()] for level, idx, h in self._new_nodes]))
-            self._new_nodes = []
+            params += [first, b"".join(n[2] for n in nodes)]
         if self._new_head is not None:
             head, frontier = self._new_head
             parts.append(_W_HEAD)
@@ -385,15 +402,41 @@ class PostgresTransaction(Transaction):
         out = {c: h for c in wanted if (h := self._nodes.get(c)) is not None}
         missing = [c for c in wanted if c not in out]
         if missing:
-            q = (
-                "SELECT n.level, n.idx, n.hash FROM unnest(%s::int[], %s::bigint[]) AS w(level, idx)"
-                " JOIN nodes n ON n.level = w.level AND n.idx = w.idx"
-            )
-            rows = self._rows(q, ([c[0] for c in missing], [c[1] for c in missing]))
-            found = {(level, idx): bytes(h) for level, idx, h in rows}
-            self._nodes.update(found)
-            out.update(found)
+            out.update(self._fetch_nodes(missing))
         return out
+
+    def _fetch_nodes(self, coords: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """Stored nodes at ``coords``: from the blocks, then, for any not there,
+        from the per-node rows that schema versions before 5 wrote."""
+        by_pos = {node_position(level, idx): (level, idx) for level, idx in coords}
+        found = {by_pos[p]: bytes(h) for p, h in self._rows(_NODES_AT, (list(by_pos),))}
+        if len(found) < len(by_pos):
+            self._legacy_nodes([c for c in coords if c not in found], found)
+        self._nodes.update(found)
+        return found
+
+    def _legacy_nodes(self, coords: Sequence[tuple[int, int]], into: dict[tuple[int, int], bytes]) -> None:
+        rows = self._rows(_LEGACY_NODES, ([c[0] for c in coords], [c[1] for c in coords]))
+        into.update(((level, idx), bytes(h)) for level, idx, h in rows)
+
+    def _nodes_in_span(self, coords: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """Like :meth:`_fetch_nodes` for ``coords`` in creation order that lie close
+        together: one read of the blocks overlapping their span."""
+        if not coords:
+            return {}
+        positions = [node_position(level, idx) for level, idx in coords]
+        lo, hi = positions[0], positions[-1]
+        if hi - lo > 4 * len(positions) + 64:  # sparse: probe each place instead
+            return self._fetch_nodes(coords)
+        stored: dict[int, bytes] = {}
+        for first, blob in self._rows(_NODE_SPAN, (hi, lo)):
+            blob = bytes(blob)
+            for p in range(max(first, lo), min(first + len(blob) // 32, hi + 1)):
+                stored[p] = blob[32 * (p - first) : 32 * (p - first) + 32]
+        found = {c: stored[p] for c, p in zip(coords, positions, strict=True) if p in stored}
+        if len(found) < len(coords):
+            self._legacy_nodes([c for c in coords if c not in found], found)
+        return found
 
     def get_batch(self, batch_id: str) -> BatchRow | None:
         if "\x00" in batch_id:
@@ -459,25 +502,12 @@ class PostgresTransaction(Transaction):
         return rows[0][0], {k: int(v) for k, v in balances.items()}
 
     def node_range(self, level: int, idx_from: int, idx_to: int) -> list[tuple[int, bytes]]:
-        q = "SELECT idx, hash FROM nodes WHERE level = %s AND idx >= %s AND idx <= %s ORDER BY idx"
-        return [(i, bytes(h)) for i, h in self._rows(q, (level, idx_from, idx_to))]
+        found = self._nodes_in_span([(level, i) for i in range(idx_from, idx_to + 1)])
+        return [(i, found[(level, i)]) for i in range(idx_from, idx_to + 1) if (level, i) in found]
 
     def nodes_created_by(self, start: int, end: int) -> dict[tuple[int, int], bytes]:
-        levels, lows, highs = [], [], []
-        for level in range(0, max(1, end.bit_length()) + 1):
-            lo = max(((start + (1 << level)) >> level) - 1, 0)
-            hi = (end >> level) - 1
-            if hi >= lo:
-                levels.append(level)
-                lows.append(lo)
-                highs.append(hi)
-        if not levels:
-            return {}
-        q = (
-            "SELECT n.level, n.idx, n.hash FROM unnest(%s::int[], %s::bigint[], %s::bigint[]) AS r(level, lo, hi)"
-            " JOIN nodes n ON n.level = r.level AND n.idx BETWEEN r.lo AND r.hi"
-        )
-        return {(level, idx): bytes(h) for level, idx, h in self._rows(q, (levels, lows, highs))}
+        # Creation order: the nodes appending these leaves created are one run of places.
+        return self._nodes_in_span([c for leaf in range(start, end) for c in created_by(leaf)])
 
     # -- writes -------------------------------------------------------------
     def insert_asset(self, code: str, scale: int) -> None:

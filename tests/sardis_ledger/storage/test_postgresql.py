@@ -242,8 +242,10 @@ def test_the_database_refuses_to_rewrite_history(pg_url: str) -> None:
         "TRUNCATE entries",
         "UPDATE batches SET reason = 'edited'",
         "DELETE FROM batches",
-        "UPDATE nodes SET hash = hash WHERE level = 0 AND idx = 0",
-        "DELETE FROM nodes",
+        "UPDATE node_blocks SET hashes = hashes WHERE first_pos = 0",
+        "DELETE FROM node_blocks",
+        "TRUNCATE node_blocks",
+        "TRUNCATE nodes",  # per-node rows of schema versions before 5
         "DELETE FROM checkpoints",
         "UPDATE checkpoints SET balances = '{}'",
         "UPDATE assets SET scale = 2",
@@ -286,7 +288,8 @@ def test_the_ledger_role_has_no_privilege_to_rewrite_history(owner_url: str) -> 
         # Even the owner switching the trigger off leaves the privileges in the way.
         conn.execute("ALTER TABLE entries DISABLE TRIGGER entries_append_only")
         for statement in ("UPDATE entries SET amount = 1", "DELETE FROM entries", "TRUNCATE entries",
-                          "DELETE FROM nodes", "UPDATE batches SET reason = NULL"):
+                          "DELETE FROM nodes", "DELETE FROM node_blocks", "UPDATE node_blocks SET hashes = hashes",
+                          "UPDATE batches SET reason = NULL"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
     with Ledger(owner_url) as ledger:

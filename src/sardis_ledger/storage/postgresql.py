@@ -21,6 +21,12 @@ How it keeps the storage contract (see :mod:`.base`):
   the head row carries the Merkle frontier, so the engine's append reads
   nothing more. A transfer is two round trips; between the head lock and the
   commit there is only the engine's own work.
+* **Few rows per write.** The Merkle nodes a write creates occupy consecutive
+  places in creation order, so they are stored as one ``node_blocks`` row of
+  32-byte hashes (schema version 5; older databases keep their per-node rows in
+  ``nodes``, still read). A bulk write also streams its rows to the server in
+  chunks (:meth:`PostgresTransaction.send_writes`) while the engine builds the
+  rest, so on two cores the client's and the server's halves of the work overlap.
 * **Failures.** Deadlocks, serialization failures, unique violations from racing
   inserts and lost connections (``pg_terminate_backend``, a failed ``COMMIT``,
   a network cut) become :class:`~sardis_ledger.errors.RetryableStorageError`,

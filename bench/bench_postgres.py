@@ -48,6 +48,7 @@ from docs_section import replace_section
 from pg_scratch import scratch_database
 
 from sardis_ledger import Ledger
+from sardis_ledger._write_path import STREAM_ENTRIES
 from sardis_ledger.merkle import node_position
 from sardis_ledger.storage.postgresql import PostgresStorage
 
@@ -545,7 +546,7 @@ def markdown(rows: list[Row], ratios: dict[str, float], command: str, seconds: f
         f"measured as raw SQL too and reaches {ratios['deferred / pgbench 8 clients']:.2f} of pgbench: the extra",
         "round trips and second commit cost more CPU than the shared head row costs waiting.",
         "",
-        "Bulk. The engine hands each 500 entries to the server as it builds them (pipelined, same",
+        f"Bulk. The engine hands each {STREAM_ENTRIES} entries to the server as it builds them (pipelined, same",
         "transaction), so the server inserts one chunk while Python builds the next; what is left is",
         "the server inserting the rows (compare the `COPY` line). The absolute 20,000/s target was",
         "set on DESIGN.md's reference machine, where the plain 1,000-per-transaction transfer runs at",

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 _sha256 = hashlib.sha256  # bound once: called per leg on the hot path
 _TYPES = {"credit": LedgerEntryType.CREDIT, "debit": LedgerEntryType.DEBIT}
-STREAM_ENTRIES = 500
+STREAM_ENTRIES = 250
 """Entries a bulk write builds before handing them to the storage (see
 :meth:`~sardis_ledger.storage.base.Transaction.send_writes`)."""
 

@@ -52,8 +52,9 @@ def write_until_killed(url: str) -> None:
             legs = rng.randint(2, 6)
             spec = [{"account_id": f"w{rng.randint(0, 9)}", "amount": rng.randint(1, 9), "entry_type": "credit"}
                     for _ in range(legs)]
-            # a larger commit now and then: more time spent inside COMMIT
-            batches = ledger.post_many([spec] * 25) if n % 4 == 3 else [ledger.create_batch(spec)]
+            # a larger commit now and then: more time spent inside COMMIT, and more
+            # entries than a bulk write builds before streaming them to the server
+            batches = ledger.post_many([spec] * 100) if n % 4 == 3 else [ledger.create_batch(spec)]
             for b in batches:
                 sys.stdout.write(f"ack {b.batch_id} {len(b.entries)}\n")
             sys.stdout.flush()

@@ -1,6 +1,6 @@
 """kill -9 in the middle of writing: nothing acknowledged is lost, no batch is partial.
 
-A child process appends batches (single commits and 25-batch commits) as fast as
+A child process appends batches (single commits and 100-batch commits) as fast as
 it can and reports each batch id on its stdout only after the write returned.
 The test kills it with SIGKILL at a random moment, several times over the same
 database, and then audits: every acknowledged batch is there in full, every

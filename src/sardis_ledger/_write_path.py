@@ -141,18 +141,28 @@ def post_once(
         for req in requests:
             key = req.idempotency_key
             if key is not None:
+                # A key first used earlier in this same write is answered from memory:
+                # its rows may already be streamed to the storage, but its receipts
+                # belong to the tree this write is still growing.
+                earlier = keys_here.get(key)
+                if earlier is not None:
+                    _same_request(key, earlier.request_hash, req)
+                    results.append(req)
+                    continue
                 prior = tx.find_idempotency(key)
-                if prior is not None or key in keys_here:
-                    prior_hash = prior.request_hash if prior else keys_here[key].request_hash
-                    if prior_hash != req.request_hash:
-                        raise IdempotencyConflictError(
-                            f"idempotency key {key!r} was used for a different request", idempotency_key=key
-                        )
-                    results.append(ledger._batch_from_row(tx, prior, replayed=True) if prior else req)
+                if prior is not None:
+                    _same_request(key, prior.request_hash, req)
+                    results.append(ledger._batch_from_row(tx, prior, replayed=True))
                     continue
                 keys_here[key] = req
             reverses = req.reverses
             if reverses is not None:
+                if reverses in spans:
+                    # Rows of this write may or may not be streamed yet; never let that decide.
+                    raise ValidationError(
+                        f"batch {reverses!r} is written by this same call; reverse it in a later one",
+                        batch_id=reverses,
+                    )
                 req.legs = reversal_legs(ledger, tx, reverses, reversed_here, seen_scales)
                 missing = {lg.account_id for lg in req.legs} - accounts.keys()
                 if missing:
@@ -256,6 +266,11 @@ def post_once(
                             CommitProofs(storage, seq, before, nodes), root.hex())
     return _results(results, spans, commit, keys_here)
 
+
+
+def _same_request(key: str, stored_hash: str | None, req: Request) -> None:
+    if stored_hash != req.request_hash:
+        raise IdempotencyConflictError(f"idempotency key {key!r} was used for a different request", idempotency_key=key)
 
 
 def _committed_before(tx: Transaction, requests: list[Request]) -> bool:

@@ -205,6 +205,22 @@ def test_bulk_write_streamed_in_chunks_is_still_one_commit(ledger: Ledger) -> No
     assert ledger.verify().ok
 
 
+def test_a_write_cannot_reverse_a_batch_it_creates(ledger: Ledger) -> None:
+    """Whether the earlier batch's rows were already handed to the storage (a bulk
+    write streams them in chunks) must not decide the outcome: always refused."""
+    from sardis_ledger._requests import Request, transfer_request
+    from sardis_ledger._write_path import STREAM_ENTRIES
+
+    ledger.create_entry("a", 1_000, "credit")
+    size = _size(ledger)
+    for filler in (0, STREAM_ENTRIES):  # the reversed batch is before / after a chunk boundary
+        reqs = [transfer_request("a", "b", 1, None, None) for _ in range(filler // 2 + 1)]
+        reversal = Request([], reverses=reqs[-1].batch_id, reason="same call")
+        with pytest.raises(ValidationError, match="written by this same call"):
+            ledger._post([*reqs, reversal])
+        assert _size(ledger) == size
+
+
 def test_post_many_commits_all_batches_or_none(ledger: Ledger) -> None:
     ok = [{"account_id": "m", "amount": 1, "entry_type": "credit"}]
     bad = [{"account_id": "m", "amount": 99, "entry_type": "debit"}]

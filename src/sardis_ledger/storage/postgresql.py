@@ -435,9 +435,13 @@ class PostgresTransaction(Transaction):
         if hi - lo > 4 * len(positions) + 64:  # sparse: probe each place instead
             return self._fetch_nodes(coords)
         stored: dict[int, bytes] = {}
-        for first, blob in self._rows(_NODE_SPAN, (hi, lo)):
+        blocks = self._rows(_NODE_SPAN, (hi, lo))
+        for k, (first, blob) in enumerate(blocks):
+            # The same rule as _NODES_AT: a place belongs to the last block starting
+            # at or before it (the database keeps blocks from overlapping anyway).
+            stop = blocks[k + 1][0] if k + 1 < len(blocks) else hi + 1
             blob = bytes(blob)
-            for p in range(max(first, lo), min(first + len(blob) // 32, hi + 1)):
+            for p in range(max(first, lo), min(first + len(blob) // 32, stop, hi + 1)):
                 stored[p] = blob[32 * (p - first) : 32 * (p - first) + 32]
         found = {c: stored[p] for c, p in zip(coords, positions, strict=True) if p in stored}
         if len(found) < len(coords):

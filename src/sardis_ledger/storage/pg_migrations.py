@@ -183,41 +183,30 @@ _V5_NODE_BLOCKS = """
 -- they are stored as one row of 32-byte hashes keyed by the first place, instead
 -- of one row (and one index entry) per node. Nodes written before this version
 -- stay in `nodes` and are still read from there.
+--
+-- Nothing writes per-node rows any more: a process of an older version still
+-- running after this upgrade is refused its writes instead of storing nodes
+-- where this version does not look for new ones. Created first, so that it waits
+-- for such writers' open transactions and the count below is final.
+CREATE TRIGGER nodes_closed BEFORE INSERT ON nodes
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change();
 CREATE TABLE node_blocks (
     first_pos BIGINT PRIMARY KEY CHECK (first_pos >= 0),
-    hashes BYTEA NOT NULL CHECK (octet_length(hashes) > 0 AND octet_length(hashes) % 32 = 0)
+    hashes BYTEA NOT NULL CHECK (octet_length(hashes) > 0 AND octet_length(hashes) % 32 = 0),
+    -- An INSERT cannot shadow stored nodes: blocks never overlap one another...
+    CONSTRAINT node_blocks_disjoint
+        EXCLUDE USING gist (int8range(first_pos, first_pos + octet_length(hashes) / 32) WITH &&)
 );
+-- ... nor the per-node rows written before this version.
+DO $$
+BEGIN
+    EXECUTE format('ALTER TABLE node_blocks ADD CONSTRAINT node_blocks_after_rows CHECK (first_pos >= %s)',
+                   (SELECT count(*) FROM nodes));
+END
+$$;
 -- Uncompressed out-of-line storage: hashes do not compress, and a proof reads
 -- 32-byte slices of a block without fetching the rest.
 ALTER TABLE node_blocks ALTER COLUMN hashes SET STORAGE EXTERNAL;
--- Blocks only ever continue the log: a block starts where the last one ends (the
--- first one after the per-node rows older versions wrote), so an INSERT can
--- neither overlap stored nodes nor leave a gap. Writers hold the tree-head row
--- lock while they insert, so "the last block" cannot move underneath.
-CREATE FUNCTION ledger_node_block_continues() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    expected BIGINT;
-BEGIN
-    SELECT first_pos + octet_length(hashes) / 32 INTO expected
-      FROM node_blocks ORDER BY first_pos DESC LIMIT 1;
-    IF expected IS NULL THEN  -- the first block: after every per-node row (read once)
-        SELECT count(*) INTO expected FROM nodes;
-    END IF;
-    IF NEW.first_pos IS DISTINCT FROM expected THEN
-        RAISE EXCEPTION 'Merkle node block at % does not continue the log (expected %)', NEW.first_pos, expected
-            USING ERRCODE = 'restrict_violation';
-    END IF;
-    RETURN NEW;
-END
-$$;
-CREATE TRIGGER node_blocks_continue BEFORE INSERT ON node_blocks
-    FOR EACH ROW EXECUTE FUNCTION ledger_node_block_continues();
--- Nothing writes per-node rows any more. A process of an older version still
--- running after this upgrade is refused its writes instead of storing nodes
--- where this version does not look for new ones.
-CREATE TRIGGER nodes_closed BEFORE INSERT ON nodes
-    FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change();
 CREATE TRIGGER node_blocks_append_only BEFORE UPDATE OR DELETE ON node_blocks
     FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();
 CREATE TRIGGER node_blocks_no_truncate BEFORE TRUNCATE ON node_blocks

@@ -138,7 +138,6 @@ def _downgrade_to_v4(ledger: Ledger, url: str) -> int:
     with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
         conn.execute("DROP TABLE node_blocks")
         conn.execute("DROP TRIGGER nodes_closed ON nodes")
-        conn.execute("DROP FUNCTION ledger_node_block_continues()")
         conn.execute(f"DELETE FROM {VERSION_TABLE} WHERE version = 5")
         conn.cursor().executemany(
             "INSERT INTO nodes (level, idx, hash) VALUES (%s, %s, %s)", [(lv, ix, h) for (lv, ix), h in nodes.items()]
@@ -158,6 +157,8 @@ def test_every_node_read_agrees_across_legacy_rows_and_streamed_blocks(pg_url: s
         ledger.transfer_many([(f"u{i % 3}", f"v{i % 4}", 1) for i in range(STREAM_ENTRIES // 2 + 3)])
         assert _blocks(pg_url)[0][0] == legacy
         assert len(_blocks(pg_url)) >= 4
+        with pytest.raises(psycopg.errors.CheckViolation, match="node_blocks_after_rows"):  # no shadowing old rows
+            _sql(pg_url, "INSERT INTO node_blocks (first_pos, hashes) VALUES (0, %s)", (b"\x66" * 32,))
         want = _expected_nodes(ledger)
         size = ledger.tree_head().tree_size
         with ledger.storage.transaction(write=False) as tx:
@@ -189,10 +190,11 @@ def test_every_node_read_agrees_across_legacy_rows_and_streamed_blocks(pg_url: s
 
 
 def test_verify_reads_the_same_nodes_that_proofs_read(pg_url: str) -> None:
-    """Someone who can switch the triggers off (a superuser) inserts a one-hash
-    block inside an existing block plus a per-node row, so that proofs could read
-    a different hash for a node than ``verify`` compares: verify must not call
-    the ledger sound while its receipts stop verifying."""
+    """Someone who owns the schema (drops the overlap constraint, switches the
+    triggers off) inserts a one-hash block inside an existing block plus a
+    per-node row, so that proofs could read a different hash for a node than
+    ``verify`` compares: verify must not call the ledger sound while its receipts
+    stop verifying."""
     with Ledger(pg_url) as ledger:
         ledger.post_many([[{"account_id": "c", "amount": 1, "entry_type": "credit"}]] * 40)
         want = _expected_nodes(ledger)
@@ -203,6 +205,7 @@ def test_verify_reads_the_same_nodes_that_proofs_read(pg_url: str) -> None:
         before = next(c for c in want if merkle.node_position(*c) == pos - 1)
         with psycopg.connect(pg_url, autocommit=True) as conn, conn.transaction():
             conn.execute("SET LOCAL session_replication_role = replica")  # triggers off
+            conn.execute("ALTER TABLE node_blocks DROP CONSTRAINT node_blocks_disjoint")
             conn.execute("INSERT INTO node_blocks (first_pos, hashes) VALUES (%s, %s)", (pos - 1, want[before]))
             conn.execute("INSERT INTO nodes (level, idx, hash) VALUES (%s, %s, %s)", (*target, b"\x66" * 32))
         receipt_ok = ledger.receipt(32).verify()
@@ -217,9 +220,11 @@ def test_a_block_that_overlaps_stored_nodes_is_refused(pg_url: str) -> None:
     with Ledger(pg_url) as ledger:
         ledger.post_many([[{"account_id": "c", "amount": 1, "entry_type": "credit"}]] * 8)
     (first, count), = _blocks(pg_url)
-    for at in (first + 3, first, first + count + 1):
-        with pytest.raises(psycopg.errors.RestrictViolation, match="does not continue the log"):
+    for at in (first + 3, first, first + count - 1):
+        with pytest.raises(psycopg.errors.IntegrityError):  # overlap (or the same first place)
             _sql(pg_url, "INSERT INTO node_blocks (first_pos, hashes) VALUES (%s, %s)", (at, b"\x66" * 32))
+    with pytest.raises(psycopg.errors.ExclusionViolation, match="node_blocks_disjoint"):  # covers stored ones
+        _sql(pg_url, "INSERT INTO node_blocks (first_pos, hashes) VALUES (%s, %s)", (first + count - 1, b"\x66" * 64))
     with pytest.raises(psycopg.errors.RestrictViolation, match="append-only"):
         _sql(pg_url, "INSERT INTO nodes (level, idx, hash) VALUES (0, 99, %s)", (b"\x66" * 32,))
     with Ledger(pg_url) as ledger:

@@ -1,12 +1,12 @@
-"""Review of two PostgreSQL changes: bulk writes streamed in chunks
-(``send_writes``) and Merkle nodes stored as blocks (schema version 5).
+"""PostgreSQL: bulk writes streamed in chunks (``send_writes``) and Merkle nodes
+stored as blocks (schema version 5).
 
 Errors and lost connections inside a streamed chunk; the block layout a
 multi-chunk write leaves; every node read path (``get_nodes``, ``node_range``,
 ``nodes_created_by``) against nodes recomputed from the entries, on a ledger
 upgraded from version 4 whose nodes straddle per-node rows and blocks; blocks
-that overlap (the ledger's role may INSERT); an idempotency key repeated across
-a stream boundary.
+that would overlap stored nodes; an idempotency key repeated across a stream
+boundary. (Written as an adversarial review; the failing ones drove the fixes.)
 """
 
 from __future__ import annotations

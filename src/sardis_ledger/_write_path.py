@@ -135,7 +135,7 @@ def post_once(
         reversed_here: set[str] = set()
         append = frontier.append
         seq = head.size
-        sent_batches = sent_entries = sent_nodes = 0
+        sent = (0, 0, 0)  # batches, entries, nodes already handed to the storage
         last_amount: Decimal | None = None
         last_scale = last_units = -1
         for req in requests:
@@ -233,24 +233,16 @@ def post_once(
             ))
             spans[batch_id] = (first - head.size, seq - head.size)
             results.append(req)
-            if len(entries) - sent_entries >= STREAM_ENTRIES:
+            if len(entries) - sent[1] >= STREAM_ENTRIES:
                 # A bulk write hands finished rows to the storage as it goes (a
                 # client/server backend inserts them while the rest is built).
-                tx.insert_batches(batches[sent_batches:])
-                tx.insert_entries(entries[sent_entries:])
-                tx.insert_nodes(nodes[sent_nodes:])
+                sent = _hand_over(tx, batches, entries, nodes, sent)
                 tx.send_writes()
-                sent_batches, sent_entries, sent_nodes = len(batches), len(entries), len(nodes)
         if entries or batches:
             if new_accounts:
                 tx.insert_accounts(new_accounts)
             tx.update_balances(balances)
-            if len(batches) > sent_batches:
-                tx.insert_batches(batches[sent_batches:])
-            if len(entries) > sent_entries:
-                tx.insert_entries(entries[sent_entries:])
-            if len(nodes) > sent_nodes:
-                tx.insert_nodes(nodes[sent_nodes:])
+            _hand_over(tx, batches, entries, nodes, sent)
             root = frontier.root()
             tx.set_head(HeadRow(seq, root, created_at))
             if head.size // ledger.checkpoint_interval != seq // ledger.checkpoint_interval:
@@ -266,6 +258,20 @@ def post_once(
                             CommitProofs(storage, seq, before, nodes), root.hex())
     return _results(results, spans, commit, keys_here)
 
+
+
+def _hand_over(
+    tx: Transaction, batches: list[BatchRow], entries: list[EntryRow], nodes: list[tuple[int, int, bytes]],
+    sent: tuple[int, int, int],
+) -> tuple[int, int, int]:
+    """Give the storage the rows built since ``sent``; what is handed over now."""
+    if len(batches) > sent[0]:
+        tx.insert_batches(batches[sent[0]:])
+    if len(entries) > sent[1]:
+        tx.insert_entries(entries[sent[1]:])
+    if len(nodes) > sent[2]:
+        tx.insert_nodes(nodes[sent[2]:])
+    return len(batches), len(entries), len(nodes)
 
 
 def _same_request(key: str, stored_hash: str | None, req: Request) -> None:

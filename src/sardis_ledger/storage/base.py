@@ -32,9 +32,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+from ..errors import StorageError
+from ..merkle import node_position
 from ..records import AccountRow, BatchRow, EntryRow, HeadRow
 
-__all__ = ["EntryQuery", "Storage", "Transaction"]
+__all__ = ["EntryQuery", "Storage", "Transaction", "first_node_position"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +159,16 @@ class Transaction(ABC):
             if hi >= lo:
                 out.update({(level, i): h for i, h in self.node_range(level, lo, hi)})
         return out
+
+
+def first_node_position(nodes: Sequence[tuple[int, int, bytes]]) -> int:
+    """Where a write's new nodes start in creation order. They come as appends
+    created them (the ``insert_nodes`` contract), one run of consecutive places,
+    which is what lets a backend store them without per-node arithmetic."""
+    first = node_position(nodes[0][0], nodes[0][1])
+    if node_position(nodes[-1][0], nodes[-1][1]) != first + len(nodes) - 1:
+        raise StorageError("Merkle nodes must be inserted in the order appends create them")
+    return first
 
 
 class Storage(ABC):

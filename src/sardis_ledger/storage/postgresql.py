@@ -57,7 +57,7 @@ from psycopg_pool import ConnectionPool
 from ..errors import LedgerError, RetryableStorageError, StorageError
 from ..merkle import created_by, frontier_coords, node_position
 from ..records import AccountRow, BatchRow, EntryRow, HeadRow
-from .base import EntryQuery, Storage, Transaction
+from .base import EntryQuery, Storage, Transaction, first_node_position
 from .pg_migrations import MIGRATION_LOCK_KEY, MIGRATIONS, VERSION_TABLE
 
 __all__ = ["SCHEMA_VERSION", "PostgresStorage", "PostgresTransaction", "migrate"]
@@ -276,11 +276,8 @@ class PostgresTransaction(Transaction):
             self._entries = []
         if self._new_nodes:
             nodes, self._new_nodes = self._new_nodes, []
-            first = node_position(nodes[0][0], nodes[0][1])
-            if node_position(nodes[-1][0], nodes[-1][1]) != first + len(nodes) - 1:
-                raise StorageError("Merkle nodes must be inserted in the order appends create them")
             parts.append(_W_NODES)
-            params += [first, b"".join(n[2] for n in nodes)]
+            params += [first_node_position(nodes), b"".join(n[2] for n in nodes)]
         if self._new_head is not None:
             head, frontier = self._new_head
             parts.append(_W_HEAD)

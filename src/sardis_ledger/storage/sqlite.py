@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import RetryableStorageError, StorageError
 from ..merkle import created_by, node_position
 from ..records import AccountRow, BatchRow, EntryRow, HeadRow
-from .base import EntryQuery, Storage, Transaction
+from .base import EntryQuery, Storage, Transaction, first_node_position
 
 __all__ = ["SQLiteStorage"]
 
@@ -238,9 +238,7 @@ class SQLiteTransaction(Transaction):
         # run of consecutive positions: no per-node arithmetic on the write path.
         if not nodes:
             return
-        first = node_position(nodes[0][0], nodes[0][1])
-        if node_position(nodes[-1][0], nodes[-1][1]) != first + len(nodes) - 1:
-            raise StorageError("Merkle nodes must be inserted in the order appends create them")
+        first = first_node_position(nodes)
         positions = range(first, first + len(nodes))
         self.c.executemany(
             "INSERT INTO nodes (pos, hash) VALUES (?, ?)", zip(positions, (n[2] for n in nodes), strict=True)
